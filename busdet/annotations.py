@@ -1,0 +1,285 @@
+"""Lesion masks to box annotations, and the annotation CSV / COCO formats.
+
+Input layout (Kaggle's ``Dataset_BUSI_with_GT``): one folder per class holding
+``NAME.png`` beside ``NAME_mask.png``, ``NAME_mask_1.png``, ... Each connected
+component of each mask, after dropping specks below ``min_area`` pixels, becomes
+one box. The CSV is the seed's: ``filename,xmin,ymin,width,height,label`` with
+``width``/``height`` the inclusive pixel extent; an image without lesions may be
+written with empty box fields (a *negative* row).
+
+Command line: ``python tools/mask_to_bbox.py --input DATASET_DIR --output annotations.csv``
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from busdet.boxes import Box, box_from_xywh, box_to_pixel_xywh
+from busdet.images import IMAGE_EXTENSIONS, ImageReadError, atomic_write, read_image
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_COLUMNS = ["filename", "xmin", "ymin", "width", "height", "label"]
+DEFAULT_MIN_AREA = 50
+DEFAULT_NEGATIVE_CLASS = "normal"
+_MASK_STEM = re.compile(r"^(?P<name>.+)_mask(?:_(?P<index>\d+))?$")
+
+
+@dataclass
+class AnnotatedImage:
+    """One image and its lesion boxes (empty for a negative image).
+
+    ``filename`` is the file's base name (the CSV key); ``label`` its class folder.
+    """
+
+    filename: str
+    path: Path
+    label: str
+    width: int
+    height: int
+    boxes: List[Box] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file that was skipped, and why, for the one-line report."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Case:
+    """An image file with the mask files that belong to it."""
+
+    label: str
+    image_path: Path
+    mask_paths: Tuple[Path, ...]
+
+
+def find_cases(dataset_dir: Path) -> Tuple[List[Case], List[Problem]]:
+    """Pairs every image in ``dataset_dir/CLASS/`` with its ``_mask*`` files.
+
+    Returns the cases in a stable order (class, then file name) and the problems
+    found on the way (masks without an image).
+    """
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise FileNotFoundError(f"{dataset_dir}: not a folder")
+    cases, problems = [], []
+    for class_dir in sorted(p for p in dataset_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images: Dict[str, Path] = {}
+        masks: Dict[str, List[Tuple[int, Path]]] = {}
+        for path in sorted(class_dir.iterdir()):
+            if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            match = _MASK_STEM.match(path.stem)
+            if match:
+                masks.setdefault(match["name"], []).append((int(match["index"] or 0), path))
+            else:
+                images[path.stem] = path
+        for stem, mask_list in masks.items():
+            if stem not in images:
+                problems.extend(Problem(p, "mask without a matching image") for _, p in mask_list)
+        for stem, image_path in images.items():
+            mask_paths = tuple(p for _, p in sorted(masks.get(stem, [])))
+            cases.append(Case(class_dir.name, image_path, mask_paths))
+    return cases, problems
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Reads a mask file as a boolean array ``[H, W]``, whatever its encoding.
+
+    Handles 0/255 and 0/1 grayscale, mode "1", palette, RGB and RGBA masks: a pixel
+    is lesion when its brightest colour channel is above half the mask's maximum.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode == "P":
+                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+            pixels = np.asarray(image)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageReadError(f"{path}: cannot decode mask ({error})") from None
+    if pixels.ndim == 3:
+        channels = pixels.shape[2]
+        colour = pixels[..., : min(channels, 3)].max(axis=2)
+        # An RGBA mask drawn only in the alpha channel carries no colour.
+        if channels == 4 and colour.max() == 0:
+            colour = pixels[..., 3]
+        pixels = colour
+    pixels = pixels.astype(np.float64)
+    high = pixels.max() if pixels.size else 0.0
+    return pixels > high / 2 if high > 0 else np.zeros(pixels.shape, dtype=bool)
+
+
+def boxes_from_mask(mask: np.ndarray, label: str, min_area: int = DEFAULT_MIN_AREA) -> List[Box]:
+    """One box per 8-connected component of ``mask`` with at least ``min_area`` pixels.
+
+    Args:
+      mask: boolean ``[H, W]``.
+    Returns:
+      Boxes in pixel corners, ordered top-to-bottom then left-to-right.
+    """
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    boxes = []
+    for x, y, width, height, area in stats[1:count]:  # row 0 is the background
+        if area >= min_area:
+            boxes.append(box_from_xywh(x, y, width, height, label))
+    return sorted(boxes, key=lambda b: (b.ymin, b.xmin))
+
+
+def annotate_case(case: Case, min_area: int = DEFAULT_MIN_AREA) -> AnnotatedImage:
+    """Reads one case and turns its masks into boxes.
+
+    Raises:
+      ValueError: no mask, unreadable image or mask, or a mask of another size.
+    """
+    if not case.mask_paths:
+        raise ValueError(f"{case.image_path}: no mask file (expected {case.image_path.stem}_mask.png)")
+    height, width = read_image(case.image_path).shape[:2]
+    boxes: List[Box] = []
+    for mask_path in case.mask_paths:
+        mask = read_mask(mask_path)
+        if mask.shape != (height, width):
+            raise ValueError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} "
+                             f"but its image is {width}x{height}")
+        boxes.extend(boxes_from_mask(mask, case.label, min_area))
+    return AnnotatedImage(case.image_path.name, case.image_path, case.label, width, height, boxes)
+
+
+def annotate_dataset(dataset_dir: Path, class_names: Sequence[str],
+                     negative_class: str = DEFAULT_NEGATIVE_CLASS,
+                     min_area: int = DEFAULT_MIN_AREA,
+                     progress=lambda cases: cases) -> Tuple[List[AnnotatedImage], List[Problem]]:
+    """Annotates every case of a dataset tree; bad cases become problems, never exceptions.
+
+    Args:
+      class_names: the lesion classes of the label map; folders named otherwise
+        (except ``negative_class``) are reported as unknown.
+      negative_class: the folder of images without lesions (BUSI's ``normal``).
+      progress: wraps the case list (e.g. ``tqdm``) to show progress.
+    """
+    cases, problems = find_cases(Path(dataset_dir))
+    known = set(class_names) | {negative_class}
+    seen: Dict[str, Path] = {}
+    annotated: List[AnnotatedImage] = []
+    for case in progress(cases):
+        name = case.image_path.name
+        if case.label not in known:
+            problems.append(Problem(case.image_path, f"class folder {case.label!r} is not in the label map "
+                                                     f"({', '.join(sorted(known))})"))
+            continue
+        if name in seen:
+            problems.append(Problem(case.image_path, f"duplicate file name, already taken by {seen[name]}"))
+            continue
+        seen[name] = case.image_path
+        try:
+            image = annotate_case(case, min_area)
+        except (ValueError, OSError) as error:
+            problems.append(Problem(case.image_path, str(error).removeprefix(f"{case.image_path}: ")))
+            continue
+        if image.boxes and image.label == negative_class:
+            problems.append(Problem(case.image_path, f"lesion mask in the negative class {negative_class!r}"))
+            continue
+        annotated.append(image)
+    return annotated, problems
+
+
+def annotations_to_frame(images: Iterable[AnnotatedImage], include_negatives: bool = False) -> pd.DataFrame:
+    """Annotated images -> the seed's CSV table, one row per box.
+
+    With ``include_negatives`` an image without boxes gets one row with empty box fields.
+    """
+    rows = []
+    for image in images:
+        for box in image.boxes:
+            rows.append([image.filename, *box_to_pixel_xywh(box), box.label])
+        if not image.boxes and include_negatives:
+            rows.append([image.filename, None, None, None, None, image.label])
+    frame = pd.DataFrame(rows, columns=ANNOTATION_COLUMNS)
+    for column in ["xmin", "ymin", "width", "height"]:
+        frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def write_csv(frame: pd.DataFrame, path: Path, overwrite: bool = True) -> None:
+    """Writes a table atomically (never a half-written CSV)."""
+    with atomic_write(path, "w", overwrite=overwrite) as stream:
+        frame.to_csv(stream, index=False, lineterminator="\n")
+
+
+def read_annotations_csv(path: Path) -> Tuple[Dict[str, List[Box]], Dict[str, str]]:
+    """Reads an annotation CSV into ``{filename: [Box]}`` and ``{filename: image label}``.
+
+    Rows with empty box fields are negative images: they appear with an empty list.
+    The image label is the row label (for a lesion image, its most frequent one,
+    malignant winning a tie so that an image with any malignant lesion counts as
+    malignant).
+    """
+    frame = pd.read_csv(path, dtype={"filename": str, "label": str}, keep_default_na=False,
+                        na_values={c: [""] for c in ["xmin", "ymin", "width", "height"]})
+    missing = [c for c in ANNOTATION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+    boxes: Dict[str, List[Box]] = {}
+    labels: Dict[str, List[str]] = {}
+    for row in frame.itertuples(index=False):
+        boxes.setdefault(row.filename, [])
+        labels.setdefault(row.filename, []).append(row.label)
+        if not pd.isna(row.xmin):
+            boxes[row.filename].append(box_from_xywh(row.xmin, row.ymin, row.width, row.height, row.label))
+    return boxes, {name: image_label(names) for name, names in labels.items()}
+
+
+def image_label(row_labels: Sequence[str]) -> str:
+    """The image-level class: malignant if any lesion is malignant, else the first label."""
+    return "malignant" if "malignant" in row_labels else row_labels[0]
+
+
+def to_coco(images: Sequence[AnnotatedImage], classes: Dict[int, str]) -> dict:
+    """Annotated images -> a COCO detection dict (negatives included, without annotations).
+
+    Images carry their class folder as an extra ``label`` key; categories come from
+    the label map so that ids match the model's.
+    """
+    ids = {name: class_id for class_id, name in classes.items()}
+    coco = {"images": [], "annotations": [],
+            "categories": [{"id": i, "name": n, "supercategory": "lesion"} for i, n in classes.items()]}
+    for image_id, image in enumerate(images, start=1):
+        coco["images"].append({"id": image_id, "file_name": image.filename, "width": image.width,
+                               "height": image.height, "label": image.label})
+        for box in image.boxes:
+            x, y, width, height = box_to_pixel_xywh(box)
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
+                                        "category_id": ids[box.label], "bbox": [x, y, width, height],
+                                        "area": width * height, "iscrowd": 0})
+    return coco
+
+
+def write_coco(coco: dict, path: Path, overwrite: bool = True) -> None:
+    """Writes a COCO dict as JSON, atomically."""
+    with atomic_write(path, "w", overwrite=overwrite) as stream:
+        json.dump(coco, stream, indent=1)
+
+
+def index_images(dataset_dir: Path) -> Dict[str, Path]:
+    """``{file name: path}`` of every non-mask image under ``dataset_dir`` (recursive)."""
+    index = {}
+    for path in sorted(Path(dataset_dir).rglob("*")):
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not _MASK_STEM.match(path.stem):
+            index.setdefault(path.name, path)
+    return index

@@ -1,0 +1,139 @@
+"""Image reading that gives the pixels a user sees, and atomic file writes.
+
+Every reader returns an RGB ``uint8`` array ``[H, W, 3]``: grayscale, 16-bit,
+RGBA, palette and EXIF-rotated files are all normalised here, once, so that the
+page, the CLI, training and evaluation agree on the pixels boxes refer to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterator, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# Pillow's own guard against decompression bombs, made an error instead of a
+# warning. 50 megapixels is far above any ultrasound frame (BUSI is ~0.3 MP).
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be read as an image; the message says why."""
+
+
+def is_image_file(path: Union[str, Path]) -> bool:
+    """True when the file name has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> RGB uint8 array, scaling 16/32-bit ranges down to 8 bits."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        high = pixels.max() if pixels.size else 0.0
+        # 16-bit ultrasound exports use the full 16-bit range or only 12 bits;
+        # stretch by the actual maximum so both come out visible.
+        scale = 255.0 / high if high > 0 else 0.0
+        gray = np.clip(pixels * scale, 0, 255).astype(np.uint8)
+        return np.stack([gray] * 3, axis=-1)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent regions are shown on black, like the ultrasound background.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
+def _decode(source, name: str) -> np.ndarray:
+    previous_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                pixels = _to_rgb(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageReadError(f"{name}: image is larger than {MAX_IMAGE_PIXELS:,} pixels") from None
+    except FileNotFoundError:
+        raise ImageReadError(f"{name}: file not found") from None
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(f"{name}: not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageReadError(f"{name}: cannot decode image ({error})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
+    if pixels.ndim != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ImageReadError(f"{name}: image has no pixels")
+    return np.ascontiguousarray(pixels)
+
+
+def read_image(path: Union[str, Path]) -> np.ndarray:
+    """Reads an image file as RGB ``uint8 [H, W, 3]`` as a viewer would display it.
+
+    Raises:
+      ImageReadError: the file is missing, empty, truncated, not an image or too large.
+    """
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: file is empty")
+    return _decode(path, str(path))
+
+
+def decode_image(data: bytes, name: str = "<upload>") -> np.ndarray:
+    """Decodes image bytes (an upload) like :func:`read_image`."""
+    if not data:
+        raise ImageReadError(f"{name}: file is empty")
+    return _decode(io.BytesIO(data), name)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """RGB ``uint8 [H, W, 3]`` -> PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def atomic_write(path: Union[str, Path], mode: str = "wb", overwrite: bool = True) -> Iterator:
+    """Opens a temporary file beside ``path`` and moves it into place on success.
+
+    A crash or Ctrl-C leaves either the old file or no file, never half of one.
+    With ``overwrite=False`` an existing ``path`` raises FileExistsError first.
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path}: exists (use --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        newline = None if "b" in mode else ""
+        with os.fdopen(handle, mode, encoding=encoding, newline=newline) as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+
+
+def write_image(path: Union[str, Path], image: np.ndarray, overwrite: bool = True) -> None:
+    """Writes RGB ``uint8 [H, W, 3]`` atomically; the format follows the extension."""
+    path = Path(path)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(
+        path.suffix.lower(), "PNG")
+    with atomic_write(path, "wb", overwrite=overwrite) as stream:
+        options = {"quality": 95} if fmt == "JPEG" else {}
+        Image.fromarray(image).save(stream, format=fmt, **options)

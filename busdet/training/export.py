@@ -1,0 +1,72 @@
+"""Export a trained checkpoint as the product's SavedModel (Model Garden's exporter).
+
+    python tools/export_model.py --model-dir runs/stage2_640 --output saved_model
+
+The ``serving_default`` signature takes ``inputs``: uint8 ``[1, H, W, 3]`` of any
+H and W; the graph resizes with the aspect ratio kept and pads to the model size,
+and returns ``detection_boxes`` (normalized ``[ymin, xmin, ymax, xmax]`` of the
+input image), ``detection_scores``, ``detection_classes`` (label-map ids) and
+``num_detections``. :data:`busdet.inference.MODEL_INFO_FILE` beside it records
+the input size, the label map and the operating threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import tensorflow as tf
+from official.modeling import hyperparams
+from official.vision.serving import export_saved_model_lib
+
+from busdet.inference import MODEL_INFO_FILE
+
+
+def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: Path,
+                       classes: dict, score_threshold: Optional[float] = None,
+                       extra_info: Optional[dict] = None) -> Path:
+    """Exports ``checkpoint`` (file or folder) to ``output_dir``, replacing it only on success.
+
+    Returns the SavedModel folder. ``score_threshold`` (the operating point) and
+    ``extra_info`` go into ``model_info.json``.
+    """
+    checkpoint_path = tf.train.latest_checkpoint(checkpoint) if Path(checkpoint).is_dir() else checkpoint
+    if not checkpoint_path:
+        raise FileNotFoundError(f"{checkpoint}: no checkpoint found")
+    params = hyperparams.override_params_dict(params, {"task": {
+        "export_config": {"output_normalized_coordinates": True},
+        # Training paths are of no use to a user of the model.
+        "train_data": {"input_path": ""}, "validation_data": {"input_path": ""},
+        "init_checkpoint": None}}, is_strict=True)
+    height, width = params.task.model.input_size[:2]
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
+    try:
+        export_saved_model_lib.export_inference_graph(
+            input_type="image_tensor", batch_size=1, input_image_size=[height, width], params=params,
+            checkpoint_path=checkpoint_path, export_dir=str(staging))
+        info = {"input_size": [height, width], "classes": {str(k): v for k, v in classes.items()},
+                "score_threshold": score_threshold, "checkpoint": Path(checkpoint_path).name,
+                "class_agnostic_nms": bool(params.task.model.detection_generator.use_class_agnostic_nms)}
+        info.update(extra_info or {})
+        (staging / MODEL_INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
+        if output_dir.exists():
+            # Keep the previous model's operating point unless a new one is given.
+            previous = output_dir / MODEL_INFO_FILE
+            if score_threshold is None and previous.exists():
+                info["score_threshold"] = json.loads(previous.read_text()).get("score_threshold")
+                (staging / MODEL_INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
+            backup = output_dir.with_name(f".{output_dir.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            output_dir.rename(backup)
+            staging.rename(output_dir)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            staging.rename(output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir

@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Export a training run's checkpoint as the product's SavedModel.
+
+    python tools/export_model.py --model-dir runs/stage2_640 --output saved_model [--threshold 0.4]
+
+Uses the run's own params.yaml (written by tools/train.py), Model Garden's
+exporter, and writes saved_model/model_info.json (input size, label map,
+operating threshold). The previous export is replaced only when the new one is
+complete. Exit status: 0 exported, 2 bad arguments or no checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", required=True, type=Path, help="training run folder (has params.yaml)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint file or folder (default: the run's best/ if present, else latest)")
+    parser.add_argument("--output", type=Path, default=ROOT / "saved_model", help="SavedModel folder to write")
+    parser.add_argument("--label", type=Path, default=ROOT / "label_map.pbtxt", help="label map")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="operating score threshold to store (default: keep the previous one)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+
+    from busdet.label_map import load_label_map
+    from busdet.training import experiment  # noqa: F401  registers the experiment
+    from busdet.training.export import export_saved_model
+
+    params_path = args.model_dir / "params.yaml"
+    if not params_path.is_file():
+        print(f"error: {params_path}: not found (expected a run made by tools/train.py)", file=sys.stderr)
+        return 2
+    from official.core import exp_factory
+    from official.modeling import hyperparams
+    params = hyperparams.override_params_dict(exp_factory.get_exp_config(experiment.EXPERIMENT_NAME),
+                                              str(params_path), is_strict=False)
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        best = args.model_dir / "best"
+        checkpoint = str(best if best.is_dir() else args.model_dir)
+    try:
+        output = export_saved_model(params, checkpoint, args.output, load_label_map(args.label), args.threshold)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"exported {checkpoint} -> {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -25,3 +25,15 @@ def busi_dir() -> Path:
     if not BUSI_DIR.is_dir():
         pytest.skip(f"BUSI not available at {BUSI_DIR}")
     return BUSI_DIR
+
+
+@pytest.fixture(scope="session")
+def smoke_model(tmp_path_factory) -> Path:
+    """A SavedModel trained a few steps on phantoms through the production path.
+
+    Built once per test session (about a minute on 2 cores) and shared by the
+    predict, app and training tests. Its predictions are weak but real.
+    """
+    from busdet.training.smoke import train_smoke_model
+
+    return train_smoke_model(tmp_path_factory.mktemp("smoke"))

@@ -56,12 +56,13 @@ def main(args: argparse.Namespace) -> int:
         counts = run.prepare_data(args.data, args.label, args.split, args.records,
                                   {"malignant": args.oversample_malignant}, args.seed,
                                   progress=lambda items: tqdm(items, desc="tfrecords", unit="image"))
-        params = run.build_params(args.config, args.records, counts, args.init, args.params_override)
-    except (OSError, ValueError, KeyError) as error:
+        params = run.build_params(args.config, args.records, counts, args.init, args.params_override,
+                                  args.model_dir)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logging.info("examples per split: %s", counts)
-    logs = run.train(params, args.model_dir, args.init)
+    logs = run.train(params, args.model_dir)
     logging.info("final evaluation: %s", {k: float(v) for k, v in (logs or {}).items() if k.startswith("AP")})
     return 0
 

@@ -57,11 +57,13 @@ def prepare_data(dataset_dir: Path, label_map_path: Path, split_path: Path, reco
 
 
 def build_params(config_files: Sequence[Path], records_dir: Path, counts: Dict[str, int],
-                 init: str = "none", overrides: Optional[str] = None) -> hyperparams.Config:
+                 init: str = "none", overrides: Optional[str] = None,
+                 model_dir: Optional[Path] = None) -> hyperparams.Config:
     """The experiment config with the stage YAML files, data paths and ``init`` applied.
 
-    ``init``: ``none`` (random), ``imagenet`` (Keras MobileNetV2 weights, see
-    :mod:`busdet.training.imagenet`) or a checkpoint file or folder to start from.
+    ``init``: ``none`` (random), ``imagenet`` (Keras MobileNetV2 weights copied into
+    a backbone checkpoint under ``model_dir``, see :mod:`busdet.training.imagenet`)
+    or a checkpoint file or folder of an earlier run to start the whole model from.
     """
     params = exp_factory.get_exp_config(EXPERIMENT_NAME)
     for path in config_files:
@@ -74,7 +76,11 @@ def build_params(config_files: Sequence[Path], records_dir: Path, counts: Dict[s
     # Evaluate the whole validation split, whatever its size.
     val_batch = params.task.validation_data.global_batch_size
     params.trainer.validation_steps = -(-counts["val"] // val_batch)
-    if init not in ("none", "imagenet"):
+    if init == "imagenet" and not _has_checkpoint(model_dir):
+        from busdet.training.imagenet import build_backbone_checkpoint
+        params.task.init_checkpoint = build_backbone_checkpoint(params, Path(model_dir) / "imagenet_init")
+        params.task.init_checkpoint_modules = "backbone"
+    elif init not in ("none", "imagenet"):
         checkpoint = Path(init)
         params.task.init_checkpoint = tf.train.latest_checkpoint(str(checkpoint)) if checkpoint.is_dir() else init
         if not params.task.init_checkpoint:
@@ -84,16 +90,17 @@ def build_params(config_files: Sequence[Path], records_dir: Path, counts: Dict[s
     return params
 
 
-def train(params: hyperparams.Config, model_dir: Path, init: str = "none") -> dict:
+def _has_checkpoint(model_dir: Optional[Path]) -> bool:
+    return model_dir is not None and tf.train.latest_checkpoint(str(model_dir)) is not None
+
+
+def train(params: hyperparams.Config, model_dir: Path) -> dict:
     """Trains and evaluates (resuming from ``model_dir``); returns the last eval logs."""
     model_dir.mkdir(parents=True, exist_ok=True)
     train_utils.serialize_config(params, str(model_dir))
     strategy = tf.distribute.get_strategy()
     with strategy.scope():
         task = task_factory.get_task(params.task, logging_dir=str(model_dir))
-    if init == "imagenet" and tf.train.latest_checkpoint(str(model_dir)) is None:
-        from busdet.training.imagenet import initialize_backbone_from_keras_imagenet
-        initialize_backbone_from_keras_imagenet(task, params)
     _, logs = train_lib.run_experiment(distribution_strategy=strategy, task=task, mode="train_and_eval",
                                        params=params, model_dir=str(model_dir))
     return logs

@@ -1,0 +1,88 @@
+"""Training pipeline: split, TFRecords, ImageNet weight copy, and the smoke train-export-reload."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from busdet.annotations import AnnotatedImage
+from busdet.boxes import Box
+from busdet.images import read_image
+from busdet.inference import MODEL_INFO_FILE, detect, load_detector
+from busdet.training import data
+
+
+def _images(counts):
+    return [AnnotatedImage(f"{label} ({i}).png", None, label, 10, 10)
+            for label, n in counts.items() for i in range(n)]
+
+
+def test_split_is_stratified_deterministic_and_order_free():
+    images = _images({"benign": 40, "malignant": 20, "normal": 20})
+    split = data.build_split(images, seed=3)
+    assert split == data.build_split(list(reversed(images)), seed=3)
+    assert split != data.build_split(images, seed=4)
+    for label, n in {"benign": 40, "malignant": 20, "normal": 20}.items():
+        members = [s for name, s in split.items() if name.startswith(label)]
+        assert members.count("val") == members.count("test") == round(n * 0.15)
+        assert members.count("train") == n - 2 * round(n * 0.15)
+
+
+def test_split_csv_round_trip(tmp_path):
+    images = _images({"benign": 5, "normal": 3})
+    split = data.build_split(images)
+    data.write_split_csv(split, {i.filename: i.label for i in images}, tmp_path / "split.csv")
+    assert data.read_split_csv(tmp_path / "split.csv") == split
+
+
+def test_tf_example_holds_normalized_boxes_and_label_map_ids(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.full((50, 100), 128, np.uint8)).save(path)
+    image = AnnotatedImage("a.png", path, "malignant", 100, 50, [Box(10, 5, 30, 25, "malignant")])
+    example = data.build_tf_example(image, 7, {"benign": 1, "malignant": 2})
+    feature = example.features.feature
+    assert feature["image/source_id"].bytes_list.value == [b"7"]
+    assert feature["image/object/class/label"].int64_list.value == [2]
+    assert feature["image/object/bbox/xmin"].float_list.value == pytest.approx([0.1])
+    assert feature["image/object/bbox/ymax"].float_list.value == pytest.approx([0.5])
+    decoded = tf.io.decode_png(feature["image/encoded"].bytes_list.value[0]).numpy()
+    assert decoded.shape == (50, 100, 3) and (decoded == read_image(path)).all()
+
+
+@pytest.mark.slow
+def test_keras_mobilenetv2_weights_copy_into_model_garden_backbone():
+    """The copied backbone computes what the Keras network computes."""
+    import tf_keras
+    from official.core import exp_factory
+
+    from busdet.training import experiment
+    from busdet.training.imagenet import build_backbone, copy_keras_weights
+
+    params = exp_factory.get_exp_config(experiment.EXPERIMENT_NAME)
+    params.task.model.input_size = [128, 128, 3]
+    backbone = build_backbone(params)
+    keras_model = tf_keras.applications.MobileNetV2(input_shape=(128, 128, 3), include_top=False, weights=None)
+    assert copy_keras_weights(keras_model, backbone) == len(keras_model.weights)
+    images = tf.random.uniform([1, 128, 128, 3], -1, 1, seed=1)
+    keras_level5 = tf_keras.Model(keras_model.input, keras_model.get_layer("block_16_project_BN").output)
+    np.testing.assert_allclose(backbone(images, training=False)["5"].numpy(),
+                               keras_level5(images, training=False).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_smoke_training_exports_a_model_that_reloads_and_predicts(smoke_model, label_map_path):
+    info = json.loads((smoke_model / MODEL_INFO_FILE).read_text())
+    assert info["input_size"] == [256, 256] and info["classes"] == {"1": "benign", "2": "malignant"}
+    detector = load_detector(smoke_model, label_map_path)
+    assert detector.score_threshold == pytest.approx(0.05)
+    image = np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8)
+    boxes = detect(detector, image)
+    assert all(0 <= b.xmin < b.xmax <= 500 and 0 <= b.ymin < b.ymax <= 300 for b in boxes)
+    assert all(b.label in ("benign", "malignant") for b in boxes)
+    assert [b.score for b in boxes] == sorted((b.score for b in boxes), reverse=True)
+    assert (smoke_model.parent / "run" / "params.yaml").is_file()

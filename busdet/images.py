@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
+import uuid
 import warnings
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -114,7 +114,7 @@ def atomic_write(path: Union[str, Path], mode: str = "wb", overwrite: bool = Tru
     if not overwrite and path.exists():
         raise FileExistsError(f"{path}: exists (use --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temp_name = _create_temp_file(path)
     try:
         encoding = None if "b" in mode else "utf-8"
         newline = None if "b" in mode else ""
@@ -127,6 +127,18 @@ def atomic_write(path: Union[str, Path], mode: str = "wb", overwrite: bool = Tru
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
+
+
+def _create_temp_file(path: Path) -> Tuple[int, str]:
+    """Creates a hidden temporary file beside ``path``: ``(descriptor, name)``.
+
+    Unlike ``tempfile.mkstemp`` (always 0600), the file gets the permissions a plain
+    ``open()`` would give: those of the file it replaces, else 0666 minus the umask.
+    """
+    temp_name = str(path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    handle = os.open(temp_name, flags, path.stat().st_mode & 0o777 if path.exists() else 0o666)
+    return handle, temp_name
 
 
 def write_image(path: Union[str, Path], image: np.ndarray, overwrite: bool = True) -> None:

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Find lesions in every image of a folder: annotated copies plus two tables.
+
+    python predict.py                                   # input/ -> output/
+    python predict.py --input scans --output results --recursive
+
+For each image (png, jpg, jpeg, bmp, tif, tiff) the output folder gets a copy
+under the same name, at the image's own size, with every box at or above the
+threshold drawn (class name and score; benign blue, malignant orange) or a
+"no lesion above threshold" mark. It also gets:
+
+  predictions.csv  one row per box: filename,xmin,ymin,width,height,label,score
+                   (pixels of the original image, as tools/mask_to_bbox.py writes them)
+  images.csv       one row per image: size, number of boxes, top label and score,
+                   status (ok or error) and the error message
+
+Files without an image extension are passed over; hidden files are ignored.
+The input folder is never written to, and existing outputs are kept unless
+--overwrite is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+# Keep TensorFlow's start-up chatter (CUDA probing on a CPU machine) off the terminal;
+# real failures still raise exceptions.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from tqdm import tqdm  # noqa: E402
+from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
+
+from busdet import batch  # noqa: E402
+from busdet.inference import DEFAULT_SCORE_THRESHOLD, ModelLoadError, load_detector  # noqa: E402
+
+EPILOG = """exit status:
+  0    every image was processed
+  1    some images could not be read or written (their rows in images.csv say why)
+  2    bad arguments, missing model or label map, or unsafe output folder (nothing was done)
+  130  interrupted with Ctrl-C (the tables hold the images finished so far)
+"""
+
+
+def score(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", type=Path, default=Path("input"),
+                        help="folder of images to read (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=Path("output"),
+                        help="folder for the annotated copies and the two tables; must not be inside "
+                             "--input (default: %(default)s)")
+    parser.add_argument("--recursive", action="store_true",
+                        help="also read sub-folders, mirroring them in --output "
+                             "(the filename column then holds the relative path)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs left by an earlier run (otherwise the run stops before starting)")
+    parser.add_argument("--threshold", type=score, default=None,
+                        help="lowest score (0-1) of a box that is drawn and written (default: the model's "
+                             f"operating point from its model_info.json, else {DEFAULT_SCORE_THRESHOLD})")
+    parser.add_argument("--width", type=int, default=640,
+                        help="the model's input width in pixels (default: %(default)s). The size is fixed "
+                             "when the model is exported; the model resizes every image to it, padding to "
+                             "keep the aspect ratio, and boxes come back in the original image's pixels. "
+                             "This only checks that the model is the one you expect")
+    parser.add_argument("--height", type=int, default=640,
+                        help="the model's input height in pixels (default: %(default)s), see --width")
+    parser.add_argument("--model", type=Path, default=Path("saved_model"),
+                        help="exported SavedModel folder (default: %(default)s)")
+    parser.add_argument("--label", "--label-map", dest="label_map", type=Path, default=Path("label_map.pbtxt"),
+                        help="label map naming the classes (default: %(default)s)")
+    return parser
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        plan = batch.plan_batch(args.input, args.output, args.recursive, args.overwrite)
+        start = time.perf_counter()
+        detector = load_detector(args.model, args.label_map)
+        load_seconds = time.perf_counter() - start
+    except (batch.BatchSetupError, ModelLoadError) as error:
+        return fail(str(error))
+    if (args.height, args.width) != tuple(detector.input_size):
+        height, width = detector.input_size
+        return fail(f"--height {args.height} --width {args.width} do not match the model: {args.model} was "
+                    f"exported for {height}x{width} (height x width); run with --height {height} --width {width}")
+    threshold = detector.score_threshold if args.threshold is None else args.threshold
+    print(f"{len(plan.images)} images in {args.input}, score threshold {threshold:g}", file=sys.stderr)
+    with logging_redirect_tqdm():
+        result = batch.run_batch(
+            detector, plan, threshold,
+            progress=lambda items: tqdm(items, desc="predict", unit="img", file=sys.stderr))
+    print(batch.format_summary(result, load_seconds), file=sys.stderr)
+    if result.interrupted:
+        return 130
+    return 1 if result.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

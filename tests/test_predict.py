@@ -1,0 +1,404 @@
+"""predict.py and busdet.batch: outputs, CSV geometry, bad input, output safety, exit statuses.
+
+Most tests run a fake :class:`Detector` (the real dataclass with a ``predict``
+callable returning known boxes), so the geometry is exact and no model loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import predict
+from busdet import batch, images
+from busdet.boxes import Box, box_to_pixel_xywh, boxes_to_normalized_yxyx
+from busdet.drawing import CLASS_COLOURS
+from busdet.inference import Detector
+from busdet.phantoms import generate_phantom
+from busdet.results import IMAGE_COLUMNS, PREDICTION_COLUMNS
+
+CLASSES = {1: "benign", 2: "malignant"}
+CLASS_IDS = {name: class_id for class_id, name in CLASSES.items()}
+# One malignant box over columns 20..99 and rows 25..74 of a 200 x 100 image, and
+# one benign box whose score is under the fake detector's operating point (0.5).
+KNOWN_BOXES = np.array([[0.25, 0.1, 0.75, 0.5], [0.0, 0.0, 0.5, 0.5]], dtype=np.float32)
+KNOWN_CLASSES = [2, 1]
+KNOWN_SCORES = [0.9, 0.3]
+
+
+def outputs(boxes_yxyx, classes, scores) -> dict:
+    """The SavedModel signature's output dict for one image."""
+    count = len(scores)
+    return {"detection_boxes": np.asarray(boxes_yxyx, dtype=np.float32).reshape(1, count, 4),
+            "detection_classes": np.asarray([classes], dtype=np.float32).reshape(1, count),
+            "detection_scores": np.asarray([scores], dtype=np.float32).reshape(1, count),
+            "num_detections": np.array([count], dtype=np.float32)}
+
+
+def fake_detector(answer=None, interrupt_on_call=None, fail_on_call=None) -> Detector:
+    """A Detector whose ``predict`` returns ``answer(image)`` (default: the known boxes).
+
+    ``calls`` records the shape and dtype of every input tensor.
+    """
+    calls = []
+
+    def fake_predict(tensor):
+        calls.append((tuple(tensor.shape), tensor.dtype.name))
+        if len(calls) == interrupt_on_call:
+            raise KeyboardInterrupt
+        if len(calls) == fail_on_call:
+            raise RuntimeError("fake model failure")
+        if answer is not None:
+            return answer(tensor.numpy()[0])
+        return outputs(KNOWN_BOXES, KNOWN_CLASSES, KNOWN_SCORES)
+
+    detector = Detector(predict=fake_predict, classes=CLASSES, input_size=(640, 640), score_threshold=0.5,
+                        model_dir=Path("fake_model"), info={})
+    detector.calls = calls
+    return detector
+
+
+def gray_ramp(width=200, height=100) -> np.ndarray:
+    """RGB uint8 [H, W, 3] with no colour in it, so any box colour found was drawn."""
+    ramp = np.linspace(30, 220, width, dtype=np.uint8)
+    return np.repeat(np.tile(ramp, (height, 1))[..., None], 3, axis=2)
+
+
+def save(path: Path, image, **options) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(path, **options)
+    return path
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG that announces ``width x height`` 8-bit gray pixels (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def run_cli(monkeypatch, detector, *argv) -> int:
+    monkeypatch.setattr(predict, "load_detector", lambda model, label_map: detector)
+    return predict.main(predict.get_args_parser().parse_args(list(map(str, argv))))
+
+
+def read_tables(output: Path):
+    return pd.read_csv(output / "predictions.csv"), pd.read_csv(output / "images.csv", keep_default_na=False)
+
+
+def folder_hashes(folder: Path) -> dict:
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def colour_near(pixel, colour, tolerance=40) -> bool:
+    return bool(np.all(np.abs(np.asarray(pixel, dtype=int) - np.asarray(colour)) <= tolerance))
+
+
+# --- geometry ---------------------------------------------------------------
+
+
+def test_csv_rows_are_exact_pixels_above_threshold(tmp_path, monkeypatch):
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
+    predictions, image_table = read_tables(tmp_path / "out")
+    assert list(predictions.columns) == PREDICTION_COLUMNS
+    assert predictions.values.tolist() == [["scan.png", 20, 25, 80, 50, "malignant", 0.9]]
+    assert list(image_table.columns) == IMAGE_COLUMNS
+    assert image_table.values.tolist() == [["scan.png", 200, 100, 1, "malignant", 0.9, "ok", ""]]
+    annotated = images.read_image(tmp_path / "out" / "scan.png")
+    assert annotated.shape == (100, 200, 3)  # original resolution, not the model's
+    assert colour_near(annotated[50, 20], CLASS_COLOURS["malignant"], tolerance=10)  # left edge of the box
+    assert not colour_near(annotated[90, 190], CLASS_COLOURS["benign"])  # the 0.3 box is not drawn
+
+
+def test_phantom_truth_comes_back_as_mask_to_bbox_rows(tmp_path, monkeypatch):
+    """A detector that answers the phantoms' true boxes must reproduce them in the CSV exactly."""
+    phantoms = [generate_phantom(seed, label, width=240 + 20 * seed, height=200)
+                for seed, label in enumerate(["benign", "malignant", "normal", "malignant"])]
+    truth_by_size = {p.image.shape[:2]: p.boxes for p in phantoms}
+    for index, phantom in enumerate(phantoms):
+        save(tmp_path / "in" / f"{phantom.label} ({index}).png", phantom.image)
+
+    def answer(image):
+        height, width = image.shape[:2]
+        truth = truth_by_size[(height, width)]
+        return outputs(boxes_to_normalized_yxyx(truth, width, height),
+                       [CLASS_IDS[b.label] for b in truth], [0.8] * len(truth))
+
+    assert run_cli(monkeypatch, fake_detector(answer), "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
+    predictions, image_table = read_tables(tmp_path / "out")
+    expected = [[f"{p.label} ({i}).png", *box_to_pixel_xywh(b), b.label, 0.8]
+                for i, p in enumerate(phantoms) for b in p.boxes]
+    assert sorted(predictions.values.tolist()) == sorted(expected)
+    assert image_table["status"].tolist() == ["ok"] * 4
+    assert image_table.loc[image_table["filename"] == "normal (2).png", "boxes"].item() == 0
+    for index, phantom in enumerate(phantoms):
+        written = images.read_image(tmp_path / "out" / f"{phantom.label} ({index}).png")
+        assert written.shape == phantom.image.shape
+
+
+def test_image_without_boxes_is_written_and_marked(tmp_path, monkeypatch):
+    source = save(tmp_path / "in" / "clear.png", gray_ramp())
+    nothing = fake_detector(lambda image: outputs(np.zeros((0, 4)), [], []))
+    assert run_cli(monkeypatch, nothing, "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
+    predictions, image_table = read_tables(tmp_path / "out")
+    assert predictions.empty and list(predictions.columns) == PREDICTION_COLUMNS
+    assert image_table.values.tolist() == [["clear.png", 200, 100, 0, "", "", "ok", ""]]
+    written = images.read_image(tmp_path / "out" / "clear.png")
+    assert written.shape == (100, 200, 3)
+    assert not np.array_equal(written, images.read_image(source))  # the "no lesion" mark
+
+
+def test_threshold_defaults_to_the_models_operating_point(tmp_path, monkeypatch):
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "a") == 0
+    assert len(read_tables(tmp_path / "a")[0]) == 1  # detector.score_threshold = 0.5
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "b",
+                   "--threshold", "0.25") == 0
+    assert read_tables(tmp_path / "b")[0]["score"].tolist() == [0.9, 0.3]
+
+
+# --- image kinds and bad input -----------------------------------------------
+
+
+def _mode_images():
+    rgb = gray_ramp()
+    return {
+        "gray.png": Image.fromarray(rgb[..., 0], "L"),
+        "sixteen.png": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
+        "rgba.png": Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]), "RGBA"),
+        "palette.png": Image.fromarray(rgb).convert("P"),
+        "scan.tif": Image.fromarray(rgb),
+        "scan.bmp": Image.fromarray(rgb),
+    }
+
+
+@pytest.mark.parametrize("name", list(_mode_images()))
+def test_image_kinds_come_out_right(tmp_path, monkeypatch, name):
+    save(tmp_path / "in" / name, _mode_images()[name])
+    detector = fake_detector()
+    assert run_cli(monkeypatch, detector, "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
+    assert detector.calls == [((1, 100, 200, 3), "uint8")]
+    predictions, image_table = read_tables(tmp_path / "out")
+    assert predictions.values.tolist() == [[name, 20, 25, 80, 50, "malignant", 0.9]]
+    assert image_table["status"].tolist() == ["ok"]
+    written = images.read_image(tmp_path / "out" / name)
+    assert written.shape == (100, 200, 3)
+    assert colour_near(written[50, 20], CLASS_COLOURS["malignant"], tolerance=10)
+
+
+def test_exif_rotated_jpeg_boxes_land_on_displayed_pixels(tmp_path, monkeypatch):
+    """Stored 200 x 100 with orientation 6 (rotate 90 degrees clockwise): shown 100 wide, 200 high."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    save(tmp_path / "in" / "rotated.jpg", gray_ramp(), exif=exif.tobytes(), quality=95)
+    detector = fake_detector()
+    assert run_cli(monkeypatch, detector, "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
+    assert detector.calls == [((1, 200, 100, 3), "uint8")]
+    predictions, image_table = read_tables(tmp_path / "out")
+    # Normalized [0.25, 0.1, 0.75, 0.5] of the displayed 100 x 200 image.
+    assert predictions.values.tolist() == [["rotated.jpg", 10, 50, 40, 100, "malignant", 0.9]]
+    assert image_table[["width", "height"]].values.tolist() == [[100, 200]]
+    written = images.read_image(tmp_path / "out" / "rotated.jpg")
+    assert written.shape == (200, 100, 3)
+    assert colour_near(written[100, 10], CLASS_COLOURS["malignant"])  # JPEG: approximate colour
+
+
+def _write_bad_inputs(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    good = io.BytesIO()
+    Image.fromarray(gray_ramp()).save(good, format="PNG")
+    (folder / "good.png").write_bytes(good.getvalue())
+    (folder / "truncated.png").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image\n")
+    (folder / "bomb.png").write_bytes(png_header_claiming(100_000, 100_000))
+    (folder / "notes.txt").write_text("a note, not an image\n")
+
+
+def test_bad_files_get_error_rows_and_the_rest_is_done(tmp_path, monkeypatch, caplog):
+    _write_bad_inputs(tmp_path / "in")
+    status = run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out")
+    assert status == 1
+    predictions, image_table = read_tables(tmp_path / "out")
+    assert predictions["filename"].tolist() == ["good.png"]
+    rows = image_table.set_index("filename")
+    assert sorted(rows.index) == ["bomb.png", "empty.png", "good.png", "text.jpg", "truncated.png"]
+    assert rows.loc["good.png", "status"] == "ok"
+    errors = rows[rows["status"] == "error"]
+    assert len(errors) == 4 and (errors["width"] == "").all()
+    assert "larger than" in rows.loc["bomb.png", "error"]
+    assert "empty" in rows.loc["empty.png", "error"]
+    assert "not a recognised image" in rows.loc["text.jpg", "error"]
+    assert rows.loc["truncated.png", "error"]
+    for name in errors.index:  # one stderr line naming each file, with the reason
+        assert any(name in message and rows.loc[name, "error"] in message for message in caplog.messages)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png", "images.csv", "predictions.csv"]
+
+
+def test_decompression_bomb_past_the_pixel_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 5_000)  # Pillow errors at twice the limit
+    save(tmp_path / "in" / "big.png", gray_ramp())  # 20,000 pixels
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out") == 1
+    assert "larger than" in read_tables(tmp_path / "out")[1].loc[0, "error"]
+
+
+def test_model_failure_on_one_image_does_not_stop_the_folder(tmp_path, monkeypatch):
+    for name in ["a.png", "b.png", "c.png"]:
+        save(tmp_path / "in" / name, gray_ramp())
+    assert run_cli(monkeypatch, fake_detector(fail_on_call=2), "--input", tmp_path / "in",
+                   "--output", tmp_path / "out") == 1
+    image_table = read_tables(tmp_path / "out")[1]
+    assert image_table["status"].tolist() == ["ok", "error", "ok"]
+    assert "fake model failure" in image_table.loc[1, "error"]
+
+
+# --- input safety, output safety, interruption -----------------------------
+
+
+def test_input_folder_is_byte_identical_after_the_run(tmp_path, monkeypatch):
+    _write_bad_inputs(tmp_path / "in")
+    save(tmp_path / "in" / "sub" / "deeper.png", gray_ramp())
+    (tmp_path / "in" / ".hidden.png").write_bytes(b"hidden")
+    before = folder_hashes(tmp_path / "in")
+    run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out", "--recursive")
+    assert folder_hashes(tmp_path / "in") == before
+
+
+@pytest.mark.parametrize("output", [".", "inside", "inside/deeper"])
+def test_refuses_output_inside_input(tmp_path, monkeypatch, capsys, output):
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    before = folder_hashes(tmp_path / "in")
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in",
+                   "--output", tmp_path / "in" / output) == 2
+    assert "inside the input folder" in capsys.readouterr().err
+    assert folder_hashes(tmp_path / "in") == before
+
+
+def test_never_overwrites_without_overwrite(tmp_path, monkeypatch, capsys):
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    args = ["--input", tmp_path / "in", "--output", tmp_path / "out"]
+    assert run_cli(monkeypatch, fake_detector(), *args) == 0
+    first = folder_hashes(tmp_path / "out")
+    capsys.readouterr()
+    detector = fake_detector()
+    assert run_cli(monkeypatch, detector, *args) == 2
+    assert f"{tmp_path / 'out' / 'predictions.csv'}: exists" in capsys.readouterr().err
+    assert detector.calls == [] and folder_hashes(tmp_path / "out") == first
+    (tmp_path / "out" / "predictions.csv").unlink()
+    (tmp_path / "out" / "images.csv").unlink()
+    assert run_cli(monkeypatch, fake_detector(), *args) == 2  # the annotated copy alone also stops it
+    assert f"{tmp_path / 'out' / 'scan.png'}: exists" in capsys.readouterr().err
+    assert run_cli(monkeypatch, fake_detector(), *args, "--overwrite") == 0
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_interrupt_keeps_the_rows_of_finished_images(tmp_path, monkeypatch):
+    for name in ["a.png", "b.png", "c.png", "d.png"]:
+        save(tmp_path / "in" / name, gray_ramp())
+    assert run_cli(monkeypatch, fake_detector(interrupt_on_call=3), "--input", tmp_path / "in",
+                   "--output", tmp_path / "out") == 130
+    predictions, image_table = read_tables(tmp_path / "out")
+    assert image_table["filename"].tolist() == ["a.png", "b.png"]
+    assert predictions["filename"].tolist() == ["a.png", "b.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a.png", "b.png"]
+
+
+def test_recursive_mirrors_subfolders_and_ignores_hidden(tmp_path, monkeypatch):
+    for relative in ["top.png", "left/a.png", "left/deeper/b.jpg", ".hidden/c.png", "left/.d.png"]:
+        save(tmp_path / "in" / relative, gray_ramp())
+    (tmp_path / "in" / "left" / "readme.md").write_text("notes")
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out",
+                   "--recursive") == 0
+    image_table = read_tables(tmp_path / "out")[1]
+    assert image_table["filename"].tolist() == ["top.png", "left/a.png", "left/deeper/b.jpg"]
+    for relative in ["top.png", "left/a.png", "left/deeper/b.jpg"]:
+        assert (tmp_path / "out" / relative).is_file()
+    assert not (tmp_path / "out" / ".hidden").exists()
+
+    plan = batch.plan_batch(tmp_path / "in", tmp_path / "flat")
+    assert plan.images == [Path("top.png")] and plan.unsearched_folders == 1
+    recursive = batch.plan_batch(tmp_path / "in", tmp_path / "flat", recursive=True)
+    assert recursive.skipped == [Path("left/readme.md")]
+
+
+# --- exit status 2: nothing done ---------------------------------------------
+
+
+def test_missing_model_or_label_map_stops_before_any_work(tmp_path, capsys, label_map_path):
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    parser = predict.get_args_parser()
+    common = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    assert predict.main(parser.parse_args(common + ["--model", str(tmp_path / "nowhere"),
+                                                    "--label", str(label_map_path)])) == 2
+    assert "nowhere: no SavedModel here" in capsys.readouterr().err
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "saved_model.pb").write_bytes(b"")
+    assert predict.main(parser.parse_args(common + ["--model", str(tmp_path / "model"),
+                                                    "--label", str(tmp_path / "none.pbtxt")])) == 2
+    assert "none.pbtxt: label map not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_input_size_must_match_width_and_height(tmp_path, monkeypatch, capsys):
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    detector = fake_detector()
+    detector.input_size = (384, 384)
+    assert run_cli(monkeypatch, detector, "--input", tmp_path / "in", "--output", tmp_path / "out") == 2
+    assert "exported for 384x384" in capsys.readouterr().err
+    assert detector.calls == [] and not (tmp_path / "out").exists()
+    assert run_cli(monkeypatch, detector, "--input", tmp_path / "in", "--output", tmp_path / "out",
+                   "--width", "384", "--height", "384") == 0
+
+
+def test_bad_arguments_exit_2(tmp_path, monkeypatch, capsys):
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "missing", "--output", tmp_path / "out") == 2
+    assert "input folder not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        predict.get_args_parser().parse_args(["--threshold", "1.5"])
+    assert exit_info.value.code == 2
+
+
+def test_defaults_are_the_seeds_command_and_help_explains_the_statuses():
+    args = predict.get_args_parser().parse_args([])
+    assert (args.input, args.output, args.width, args.height, args.model, args.label_map) == (
+        Path("input"), Path("output"), 640, 640, Path("saved_model"), Path("label_map.pbtxt"))
+    assert args.threshold is None and not args.recursive and not args.overwrite
+    help_text = predict.get_args_parser().format_help()
+    for status in ["0 ", "1 ", "2 ", "130"]:
+        assert f"\n  {status}" in help_text
+
+
+# --- the real model ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_real_model_on_phantoms(tmp_path, smoke_model, label_map_path):
+    from busdet.inference import read_model_info
+
+    for seed, label in enumerate(["benign", "malignant", "normal"]):
+        save(tmp_path / "in" / f"{label}.png", generate_phantom(seed, label, width=300 + 100 * seed).image)
+    height, width = read_model_info(smoke_model)["input_size"]
+    args = predict.get_args_parser().parse_args([
+        "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(smoke_model),
+        "--label", str(label_map_path), "--width", str(width), "--height", str(height), "--threshold", "0"])
+    assert predict.main(args) == 0
+    predictions, image_table = read_tables(tmp_path / "out")
+    assert image_table["status"].tolist() == ["ok"] * 3
+    assert len(predictions) > 0 and set(predictions["label"]) <= {"benign", "malignant"}
+    for row in image_table.itertuples():
+        assert images.read_image(tmp_path / "out" / row.filename).shape == (row.height, row.width, 3)
+        mine = predictions[predictions["filename"] == row.filename]
+        assert len(mine) == row.boxes
+        assert ((mine["xmin"] >= 0) & (mine["xmin"] + mine["width"] <= row.width)).all()
+        assert ((mine["ymin"] >= 0) & (mine["ymin"] + mine["height"] <= row.height)).all()

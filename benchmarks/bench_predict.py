@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Benchmark of the batch prediction path: latency, folder throughput, memory.
+
+    python benchmarks/bench_predict.py --model saved_model --images DIR --repeat 3 --json bench.json
+
+Measures, on the machine it runs on:
+  - model load time (``load_detector``);
+  - warm end-to-end latency per image, one image at a time without overlap:
+    read + detect + draw + write of the annotated copy (median and p90), and the
+    model's share of it;
+  - folder throughput in images/s through ``busdet.batch.run_batch``, the function
+    ``predict.py`` runs (reading and writing overlap with inference there);
+  - peak resident memory of the process (``ru_maxrss``).
+
+``--images`` is read recursively; files named ``*_mask*`` are left out, so a BUSI
+class folder can be given as it is. Without ``--images``, BUSI-sized synthetic
+phantoms are generated into a temporary folder. Outputs go to a temporary folder
+that is deleted afterwards; the images are only read. Targets (issue 4): median
+latency <= 300 ms, throughput >= 4 images/s, peak memory <= 2 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from busdet import batch  # noqa: E402
+from busdet.boxes import above_threshold  # noqa: E402
+from busdet.drawing import draw_boxes  # noqa: E402
+from busdet.images import read_image, write_image  # noqa: E402
+from busdet.inference import load_detector, timed_detect  # noqa: E402
+from busdet.phantoms import generate_phantom, phantom_filename  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("saved_model"), help="SavedModel folder")
+    parser.add_argument("--label", "--label-map", dest="label_map", type=Path, default=Path("label_map.pbtxt"))
+    parser.add_argument("--images", type=Path, default=None,
+                        help="folder of images (default: generate BUSI-sized phantoms)")
+    parser.add_argument("--limit", type=int, default=20, help="images to use (default: %(default)s)")
+    parser.add_argument("--repeat", type=int, default=3, help="passes over the images (default: %(default)s)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    return parser
+
+
+def write_phantoms(folder: Path, count: int) -> None:
+    """BUSI-like frames (450-1000 px wide) with 0-2 lesions, as PNG."""
+    labels = ["benign", "malignant", "normal"]
+    for index in range(count):
+        label = labels[index % 3]
+        write_image(folder / phantom_filename(label, index), generate_phantom(index, label).image)
+
+
+def select_plan(images_dir: Path, output_dir: Path, limit: int) -> batch.BatchPlan:
+    plan = batch.plan_batch(images_dir, output_dir, recursive=True, overwrite=True)
+    chosen = [path for path in plan.images if "_mask" not in path.name][:limit]
+    return dataclasses.replace(plan, images=chosen, skipped=[])
+
+
+def end_to_end_latencies(detector, plan: batch.BatchPlan, repeat: int):
+    """Seconds per image for read + detect + draw + write, and for detect alone."""
+    total, model = [], []
+    for _ in range(repeat):
+        for relative in plan.images:
+            start = time.perf_counter()
+            image = read_image(plan.input_dir / relative)
+            boxes, seconds = timed_detect(detector, image)
+            annotated = draw_boxes(image, above_threshold(boxes, detector.score_threshold))
+            write_image(plan.output_path(relative), annotated, overwrite=True)
+            total.append(time.perf_counter() - start)
+            model.append(seconds)
+    return np.array(total), np.array(model)
+
+
+def folder_throughputs(detector, plan: batch.BatchPlan, repeat: int):
+    rates = []
+    for _ in range(repeat):
+        result = batch.run_batch(detector, plan, detector.score_threshold)
+        rates.append(len(result.outcomes) / result.elapsed)
+    return np.array(rates)
+
+
+def measure(args: argparse.Namespace, images_dir: Path, output_dir: Path) -> dict:
+    start = time.perf_counter()
+    detector = load_detector(args.model, args.label_map)
+    load_seconds = time.perf_counter() - start
+    plan = select_plan(images_dir, output_dir, args.limit)
+    if not plan.images:
+        raise SystemExit(f"error: {images_dir}: no images found")
+    timed_detect(detector, read_image(plan.input_dir / plan.images[0]))  # warm-up: graph tracing
+    total, model = end_to_end_latencies(detector, plan, args.repeat)
+    rates = folder_throughputs(detector, plan, args.repeat)
+    sizes = [read_image(plan.input_dir / p).shape[:2] for p in plan.images]
+    return {
+        "model": str(args.model), "input_size": list(detector.input_size), "images": len(plan.images),
+        "median_image_size": [int(np.median([s[0] for s in sizes])), int(np.median([s[1] for s in sizes]))],
+        "repeat": args.repeat, "cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
+        "model_load_s": round(load_seconds, 2),
+        "end_to_end_ms_median": round(float(np.median(total)) * 1000, 1),
+        "end_to_end_ms_p90": round(float(np.percentile(total, 90)) * 1000, 1),
+        "model_ms_median": round(float(np.median(model)) * 1000, 1),
+        "model_ms_p90": round(float(np.percentile(model, 90)) * 1000, 1),
+        "folder_images_per_s_median": round(float(np.median(rates)), 2),
+        "folder_images_per_s_best": round(float(rates.max()), 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # KiB on Linux
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="bench_predict_") as scratch:
+        images_dir = args.images
+        if images_dir is None:
+            images_dir = Path(scratch) / "images"
+            write_phantoms(images_dir, args.limit)
+        figures = measure(args, images_dir, Path(scratch) / "output")
+    width = max(map(len, figures))
+    for name, value in figures.items():
+        print(f"{name:<{width}}  {value}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

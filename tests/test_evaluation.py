@@ -1,0 +1,279 @@
+"""Evaluation on synthetic annotations and predictions whose metrics are known by construction."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from busdet.boxes import Box, box_to_pixel_xywh
+from busdet.evaluation import (EvaluationInputError, choose_operating_threshold, compute_evaluation, evaluate,
+                               read_predictions_csv, write_evaluation_report)
+from busdet.evaluation.gallery import select_cases, side_by_side
+from busdet.evaluation.matching import at_threshold, match_all, match_image
+from busdet.evaluation.metrics import roc_auc
+from busdet.evaluation.plots import confusion_counts
+from busdet.images import write_image
+from busdet.results import PREDICTION_COLUMNS, predictions_frame
+from tools import evaluate as evaluate_cli
+
+AP_KEYS = ["AP50_benign", "AP50_malignant", "mAP50", "AP50_lesion", "mAP50_95"]
+
+TRUTH = {
+    "benign_1.png": [Box(10, 10, 40, 30, "benign")],
+    "benign_2.png": [Box(50, 20, 90, 60, "benign"), Box(5, 5, 20, 20, "benign")],
+    "malignant_1.png": [Box(30, 30, 70, 80, "malignant")],
+    "malignant_2.png": [Box(0, 0, 25, 25, "malignant")],
+    "normal_1.png": [],
+    "normal_2.png": [],
+}
+LABELS = {name: name.split("_")[0] for name in TRUTH}
+
+
+def scored(box: Box, score: float, label: str | None = None, dx: float = 0.0) -> Box:
+    """``box`` as a prediction: shifted right by ``dx``, optionally relabelled."""
+    return Box(box.xmin + dx, box.ymin, box.xmax + dx, box.ymax, label or box.label, score)
+
+
+def perfect_predictions() -> dict:
+    return {name: [scored(b, 0.9) for b in boxes] for name, boxes in TRUTH.items()}
+
+
+def test_perfect_predictions_score_one_everywhere():
+    metrics = evaluate(TRUTH, LABELS, perfect_predictions())
+    for key in [*AP_KEYS, "AUC_malignant_image", "lesion_recall", "lesion_precision",
+                "malignant_sensitivity", "malignant_specificity"]:
+        assert metrics[key] == pytest.approx(1.0), key
+    assert metrics["normal_with_box_rate"] == 0.0
+    assert (metrics["images"], metrics["lesions"], metrics["normal_images"]) == (6, 5, 2)
+    assert (metrics["lesions_benign"], metrics["lesions_malignant"]) == (3, 2)
+
+
+def test_box_shifted_below_iou_half_is_a_miss():
+    truth = {"a.png": [Box(0, 0, 10, 10, "benign")]}
+    shifted = {"a.png": [scored(truth["a.png"][0], 0.9, dx=5)]}  # IoU 50/150 = 1/3
+    metrics = evaluate(truth, {"a.png": "benign"}, shifted)
+    assert metrics["lesion_recall"] == 0.0 and metrics["lesion_precision"] == 0.0
+    assert metrics["AP50_benign"] == 0.0 and metrics["AP50_lesion"] == 0.0
+    assert metrics["AP50_malignant"] is None  # no malignant truth
+
+
+def test_iou_of_exactly_half_is_a_match():
+    truth = Box(0, 0, 10, 10, "benign")
+    [match] = match_image("a.png", [truth], [Box(0, 0, 10, 20, "benign", 0.9)])  # IoU 100/200
+    assert match.is_hit and match.iou == pytest.approx(0.5)
+
+
+def test_wrong_class_hurts_class_ap_but_not_lesion_ap():
+    predictions = perfect_predictions()
+    predictions["benign_1.png"] = [scored(TRUTH["benign_1.png"][0], 0.8, label="malignant")]
+    metrics = evaluate(TRUTH, LABELS, predictions)
+    assert metrics["AP50_benign"] < 1.0
+    assert metrics["AP50_lesion"] == pytest.approx(1.0)
+    assert metrics["lesion_recall"] == 1.0 and metrics["matched_class_accuracy"] == pytest.approx(0.8)
+    assert metrics["malignant_specificity"] == pytest.approx(3 / 4)  # benign_1 is now called malignant
+
+
+def test_boxes_on_normal_images_count_against_precision():
+    truth = {"lesion.png": [Box(10, 10, 30, 30, "benign")], "normal_1.png": [], "normal_2.png": []}
+    labels = {"lesion.png": "benign", "normal_1.png": "normal", "normal_2.png": "normal"}
+    predictions = {"lesion.png": [scored(truth["lesion.png"][0], 0.7)],
+                   "normal_1.png": [Box(0, 0, 10, 10, "benign", 0.8)],
+                   "normal_2.png": [Box(0, 0, 10, 10, "benign", 0.3)]}
+    metrics = evaluate(truth, labels, predictions, threshold=0.5)
+    assert metrics["normal_with_box_rate"] == 0.5
+    assert metrics["lesion_precision"] == 0.5 and metrics["lesion_recall"] == 1.0
+    # The false box outranks the true one: precision 1/2 at every recall -> AP 0.5.
+    assert metrics["AP50_lesion"] == pytest.approx(0.5) and metrics["AP50_benign"] == pytest.approx(0.5)
+
+
+def test_malignancy_auc_of_a_known_ranking():
+    box = Box(0, 0, 10, 10, "malignant")
+    truth = {"m1.png": [box], "m2.png": [box], "b1.png": [box.with_label("benign")], "n1.png": []}
+    labels = {"m1.png": "malignant", "m2.png": "malignant", "b1.png": "benign", "n1.png": "normal"}
+    # malignant 0.9 and 0.4 vs other 0.6 and 0 (no box): 3 of 4 pairs ordered right.
+    predictions = {"m1.png": [scored(box, 0.9)], "m2.png": [scored(box, 0.4)],
+                   "b1.png": [scored(box, 0.6), scored(box, 0.95, label="benign")]}
+    metrics = evaluate(truth, labels, predictions, threshold=0.5)
+    assert metrics["AUC_malignant_image"] == pytest.approx(0.75)
+    assert metrics["malignant_sensitivity"] == 0.5 and metrics["malignant_specificity"] == 0.5
+
+
+def test_roc_auc_edge_cases():
+    assert roc_auc([0.5, 0.5], [0.5]) == pytest.approx(0.5)
+    assert roc_auc([0.2], [0.1, 0.3]) == pytest.approx(0.5)
+    assert math.isnan(roc_auc([0.2], []))
+
+
+def test_roc_auc_agrees_with_pairwise_counting():
+    rng = np.random.default_rng(3)
+    positive, negative = rng.integers(0, 10, 40) / 10, rng.integers(0, 10, 60) / 10  # many ties
+    pairs = (positive[:, None] > negative[None, :]) + 0.5 * (positive[:, None] == negative[None, :])
+    assert roc_auc(positive, negative) == pytest.approx(pairs.mean())
+
+
+def test_class_without_truth_is_null_and_said_in_report(tmp_path):
+    truth = {"a.png": [Box(0, 0, 10, 10, "benign")], "n.png": []}
+    predictions = {"a.png": [scored(truth["a.png"][0], 0.9)], "n.png": [Box(0, 0, 5, 5, "malignant", 0.2)]}
+    result = compute_evaluation(truth, {"a.png": "benign", "n.png": "normal"}, predictions)
+    metrics = result.metrics
+    assert metrics["AP50_malignant"] is None and metrics["classes_without_truth"] == ["malignant"]
+    assert metrics["mAP50"] == pytest.approx(1.0)
+    assert metrics["AUC_malignant_image"] is None  # no malignant image
+    write_evaluation_report(result, truth, predictions, tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["AP50_malignant"] is None
+    report = (tmp_path / "report.md").read_text()
+    assert "| `AP50_malignant` | n/a |" in report and "no true box of class malignant" in report
+
+
+def test_empty_predictions_evaluate_to_zero():
+    metrics = evaluate(TRUTH, LABELS, {})
+    assert all(metrics[key] == 0.0 for key in AP_KEYS)
+    assert metrics["lesion_precision"] is None and metrics["lesion_recall"] == 0.0
+
+
+def test_predictions_for_unknown_images_are_refused():
+    with pytest.raises(EvaluationInputError, match="2 image.*stranger_1.png, stranger_2.png"):
+        evaluate(TRUTH, LABELS, {"stranger_1.png": [], "stranger_2.png": []})
+
+
+def test_matching_at_a_threshold_equals_matching_thresholded_predictions():
+    predictions = {name: [scored(b, s, dx=d) for b in boxes for s, d in [(0.9, 3), (0.6, 0), (0.2, 0)]]
+                   for name, boxes in TRUTH.items()}
+    full = match_all(TRUTH, predictions)
+    for threshold in [0.1, 0.5, 0.7, 0.95]:
+        kept = {n: [b for b in boxes if b.score >= threshold] for n, boxes in predictions.items()}
+        assert sorted(map(repr, at_threshold(full, threshold))) == sorted(map(repr, match_all(TRUTH, kept)))
+
+
+def test_operating_threshold_keeps_the_target_recall():
+    truth = {f"{i}.png": [Box(0, 0, 10, 10, "benign")] for i in range(10)}
+    labels = {name: "benign" for name in truth}
+    predictions = {f"{i}.png": [Box(0, 0, 10, 10, "benign", 0.95 - 0.05 * i)] for i in range(10)}
+    threshold = choose_operating_threshold(truth, predictions, target_recall=0.9)
+    assert threshold == pytest.approx(0.55)  # the 9th best of ten hits
+    assert evaluate(truth, labels, predictions, threshold)["lesion_recall"] == pytest.approx(0.9)
+    assert evaluate(truth, labels, predictions, threshold + 1e-3)["lesion_recall"] < 0.9
+    predictions.pop("0.png")
+    assert choose_operating_threshold(truth, predictions, target_recall=1.0) is None
+
+
+def test_confusion_counts_and_gallery_cases():
+    predictions = {"benign_1.png": [scored(TRUTH["benign_1.png"][0], 0.8, label="malignant")],
+                   "benign_2.png": [scored(TRUTH["benign_2.png"][0], 0.9, dx=8)],  # IoU 1280/1920
+                   "normal_1.png": [Box(0, 0, 10, 10, "benign", 0.7)]}
+    matches = at_threshold(match_all(TRUTH, predictions), 0.5)
+    counts, rows, columns = confusion_counts(matches, ["benign", "malignant"])
+    assert rows == ["benign", "malignant", "false box"] and columns == ["benign", "malignant", "missed"]
+    assert counts.tolist() == [[1, 1, 1], [0, 0, 2], [1, 0, 0]]
+    cases = {(c.kind, c.filename) for c in select_cases(matches)}
+    assert cases == {("missed", "benign_2.png"), ("missed", "malignant_1.png"), ("missed", "malignant_2.png"),
+                     ("false_box", "normal_1.png"), ("wrong_class", "benign_1.png"),
+                     ("worst_iou", "benign_2.png")}
+    worst = [c for c in select_cases(matches) if c.kind == "worst_iou"][0]
+    assert worst.filename == "benign_2.png" and "IoU 0.67" in worst.reason
+
+
+def test_side_by_side_is_two_panels():
+    image = np.zeros((40, 60, 3), dtype=np.uint8)
+    panel = side_by_side(image, [Box(5, 5, 20, 20, "benign")], [])
+    assert panel.shape == (40, 2 * 60 + 8, 3) and panel.dtype == np.uint8
+    assert image.max() == 0  # input untouched
+
+
+def test_predictions_csv_round_trip_and_empty_files(tmp_path):
+    boxes = [Box(1, 2, 11, 22, "benign", 0.75), Box(3, 4, 8, 9, "malignant", 0.5)]
+    path = tmp_path / "predictions.csv"
+    predictions_frame("a.png", boxes).to_csv(path, index=False)
+    assert read_predictions_csv(path) == {"a.png": boxes}
+    path.write_text(",".join(PREDICTION_COLUMNS) + "\n")
+    assert read_predictions_csv(path) == {}
+    path.write_text("")
+    assert read_predictions_csv(path) == {}
+    path.write_text("filename,score\n")
+    with pytest.raises(EvaluationInputError, match="missing column"):
+        read_predictions_csv(path)
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def write_annotations(path, truth, labels) -> None:
+    rows = [[name, *box_to_pixel_xywh(b), b.label] for name, boxes in truth.items() for b in boxes]
+    rows += [[name, None, None, None, None, labels[name]] for name, boxes in truth.items() if not boxes]
+    frame = pd.DataFrame(rows, columns=["filename", "xmin", "ymin", "width", "height", "label"])
+    frame.astype({c: "Int64" for c in ["xmin", "ymin", "width", "height"]}).to_csv(path, index=False)
+
+
+def write_predictions(path, predictions) -> None:
+    frames = [predictions_frame(name, boxes) for name, boxes in predictions.items()]
+    pd.concat(frames).to_csv(path, index=False)
+
+
+def run_cli(*argv) -> int:
+    return evaluate_cli.main(evaluate_cli.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+@pytest.fixture
+def csv_pair(tmp_path):
+    predictions = perfect_predictions()
+    predictions["benign_2.png"] = [scored(TRUTH["benign_2.png"][0], 0.8)]  # one lesion missed
+    predictions["normal_1.png"] = [Box(60, 60, 90, 90, "malignant", 0.7)]  # a false box
+    predictions["malignant_1.png"] = [scored(TRUTH["malignant_1.png"][0], 0.6, label="benign")]
+    predictions["malignant_2.png"] = []  # missed
+    write_annotations(tmp_path / "annotations.csv", TRUTH, LABELS)
+    write_predictions(tmp_path / "predictions.csv", predictions)
+    return tmp_path / "annotations.csv", tmp_path / "predictions.csv"
+
+
+def test_cli_writes_metrics_plots_report_and_gallery(tmp_path, csv_pair, caplog):
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for name, label in LABELS.items():
+        if name != "malignant_2.png":  # left missing on purpose
+            write_image(images / label / name, rng.integers(0, 255, (100, 120, 3), dtype=np.uint8))
+    output = tmp_path / "report"
+    annotations, predictions = csv_pair
+    status = run_cli("--annotations", annotations, "--predictions", predictions, "--output", output,
+                     "--images", images, "--threshold", "0.5")
+    assert status == 1  # written, but one gallery image is missing
+    assert "malignant_2.png: not found" in caplog.text
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["lesion_recall"] == pytest.approx(3 / 5) and metrics["normal_with_box_rate"] == 0.5
+    assert metrics["threshold"] == 0.5 and metrics["images"] == 6
+    for name in ["pr_curves.png", "roc_malignant_image.png", "confusion_matrix.png", "score_histograms.png"]:
+        assert (output / name).stat().st_size > 1000, name
+    gallery = sorted(p.name for p in (output / "gallery").iterdir())
+    # missed_01 would be malignant_2.png (a missed cancer ranks first) but its image is missing.
+    assert "missed_02_benign_2.png" in gallery and "false_box_01_normal_1.png" in gallery
+    assert any(name.startswith("wrong_class_") for name in gallery)
+    assert not any("malignant_2" in name for name in gallery)
+    report = (output / "report.md").read_text()
+    assert "![Precision-recall" in report and "(gallery/missed_02_benign_2.png)" in report
+    assert "missed benign lesion" in report and "`lesion_recall`" in report
+    assert "malignant_2.png: not found" in report  # listed as left out
+    assert not list(output.rglob("*.tmp"))
+
+
+def test_cli_refuses_predictions_of_other_images(tmp_path, csv_pair, capsys):
+    annotations, _ = csv_pair
+    strangers = {f"other_{i}.png": [Box(0, 0, 5, 5, "benign", 0.5)] for i in range(7)}
+    write_predictions(tmp_path / "other.csv", strangers)
+    status = run_cli("--annotations", annotations, "--predictions", tmp_path / "other.csv",
+                     "--output", tmp_path / "report")
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "7 image(s) not in the annotations" in error and "other_0.png" in error and "2 more" in error
+    assert not (tmp_path / "report").exists()
+
+
+def test_cli_without_images_and_with_empty_predictions(tmp_path, csv_pair):
+    annotations, _ = csv_pair
+    empty = tmp_path / "empty.csv"
+    empty.write_text(",".join(PREDICTION_COLUMNS) + "\n")
+    assert run_cli("--annotations", annotations, "--predictions", empty, "--output", tmp_path / "r") == 0
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["AP50_lesion"] == 0.0
+    assert "No gallery" in (tmp_path / "r" / "report.md").read_text()
+    assert not (tmp_path / "r" / "gallery").exists()

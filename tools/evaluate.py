@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""Evaluate lesion predictions against annotations: metrics, plots, gallery and a report.
+
+    python tools/evaluate.py --annotations annotations.csv --predictions predictions.csv --output report/ \
+        [--images ../shared/busi/Dataset_BUSI_with_GT] [--threshold 0.5]
+
+``annotations.csv`` is ``tools/mask_to_bbox.py --include-negatives`` output;
+``predictions.csv`` is ``predict.py``'s, made at a low threshold (e.g. 0.01) so that
+the precision-recall curves are complete. The report folder gets ``metrics.json``,
+PNG plots, ``gallery/`` (with ``--images``) and ``report.md``. It holds pictures
+of the images: keep it out of the repository (``/report/`` is ignored).
+
+Exit status: 0 report written, 1 written but some gallery images were missing or
+unreadable (see stderr), 2 bad input (e.g. predictions for images the annotations
+do not list).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from busdet import evaluation  # noqa: E402
+from busdet.annotations import read_annotations_csv  # noqa: E402
+from busdet.label_map import load_label_map  # noqa: E402
+
+HEADLINE = ["mAP50", "AP50_benign", "AP50_malignant", "AP50_lesion", "mAP50_95", "AUC_malignant_image",
+            "lesion_recall", "lesion_precision", "malignant_sensitivity", "malignant_specificity",
+            "normal_with_box_rate"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--annotations", required=True, type=Path, help="annotation CSV (with negative rows)")
+    parser.add_argument("--predictions", required=True, type=Path, help="predictions CSV of predict.py")
+    parser.add_argument("--output", required=True, type=Path, help="report folder to write")
+    parser.add_argument("--images", type=Path, help="folder holding the images (searched recursively), "
+                                                    "for the gallery of worst cases")
+    parser.add_argument("--threshold", type=float, default=evaluation.DEFAULT_SCORE_THRESHOLD,
+                        help="operating score threshold (default: %(default)s)")
+    parser.add_argument("--label", "--label-map", dest="label_map", type=Path,
+                        default=Path(__file__).resolve().parents[1] / "label_map.pbtxt",
+                        help="label map naming the lesion classes (default: the project's)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING)
+    if not 0.0 <= args.threshold <= 1.0:
+        print(f"error: --threshold {args.threshold} is not between 0 and 1", file=sys.stderr)
+        return 2
+    if args.images is not None and not args.images.is_dir():
+        print(f"error: --images {args.images}: not a folder", file=sys.stderr)
+        return 2
+    try:
+        classes = list(load_label_map(args.label_map).values())
+        truth, image_labels = read_annotations_csv(args.annotations)
+        predictions = evaluation.read_predictions_csv(args.predictions)
+        evaluation.check_prediction_files(truth, predictions, source=str(args.predictions))
+        result = evaluation.compute_evaluation(truth, image_labels, predictions, args.threshold, classes)
+    except (OSError, ValueError) as error:  # EvaluationInputError is a ValueError
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    outcome = evaluation.write_evaluation_report(
+        result, truth, predictions, args.output, args.images,
+        sources={"annotations": str(args.annotations), "predictions": str(args.predictions)})
+    metrics = result.metrics
+    print(f"{metrics['images']} images, {metrics['lesions']} lesions, {metrics['predicted_boxes']} boxes, "
+          f"threshold {args.threshold:g}")
+    for key in (k for k in HEADLINE if k in metrics):
+        print(f"  {key:24s} {'n/a' if metrics[key] is None else format(metrics[key], '.3f')}")
+    print(f"report: {args.output / 'report.md'} ({len(outcome.gallery)} gallery pictures)")
+    return 1 if outcome.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

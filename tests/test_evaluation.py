@@ -11,7 +11,7 @@ import pytest
 
 from busdet.boxes import Box, box_to_pixel_xywh
 from busdet.evaluation import (EvaluationInputError, choose_operating_threshold, compute_evaluation, evaluate,
-                               read_predictions_csv, write_evaluation_report)
+                               key_by_annotation_names, read_predictions_csv, write_evaluation_report)
 from busdet.evaluation.gallery import select_cases, side_by_side
 from busdet.evaluation.matching import at_threshold, match_all, match_image
 from busdet.evaluation.metrics import roc_auc
@@ -198,6 +198,14 @@ def test_predictions_csv_round_trip_and_empty_files(tmp_path):
         read_predictions_csv(path)
 
 
+
+def test_relative_prediction_paths_take_the_annotation_names():
+    boxes = [Box(0, 0, 5, 5, "benign", 0.5)]
+    renamed = key_by_annotation_names(TRUTH, {"benign/benign_1.png": boxes, "normal_1.png": [], "x/other.png": []})
+    assert renamed == {"benign_1.png": boxes, "normal_1.png": [], "x/other.png": []}
+    with pytest.raises(EvaluationInputError, match="benign_1.png .a/benign_1.png and b/benign_1.png"):
+        key_by_annotation_names(TRUTH, {"a/benign_1.png": [], "b/benign_1.png": []})
+
 # --- the command line ---------------------------------------------------------------------------
 
 def write_annotations(path, truth, labels) -> None:
@@ -223,6 +231,7 @@ def csv_pair(tmp_path):
     predictions["normal_1.png"] = [Box(60, 60, 90, 90, "malignant", 0.7)]  # a false box
     predictions["malignant_1.png"] = [scored(TRUTH["malignant_1.png"][0], 0.6, label="benign")]
     predictions["malignant_2.png"] = []  # missed
+    predictions["benign/benign_1.png"] = predictions.pop("benign_1.png")  # as predict.py --recursive names it
     write_annotations(tmp_path / "annotations.csv", TRUTH, LABELS)
     write_predictions(tmp_path / "predictions.csv", predictions)
     return tmp_path / "annotations.csv", tmp_path / "predictions.csv"

@@ -59,7 +59,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         classes = list(load_label_map(args.label_map).values())
         truth, image_labels = read_annotations_csv(args.annotations)
-        predictions = evaluation.read_predictions_csv(args.predictions)
+        # predict.py --recursive writes relative paths; the annotations hold base names.
+        predictions = evaluation.key_by_annotation_names(truth, evaluation.read_predictions_csv(args.predictions))
         evaluation.check_prediction_files(truth, predictions, source=str(args.predictions))
         result = evaluation.compute_evaluation(truth, image_labels, predictions, args.threshold, classes)
     except (OSError, ValueError) as error:  # EvaluationInputError is a ValueError

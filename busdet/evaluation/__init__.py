@@ -13,11 +13,13 @@ IoU matching), ``coco`` (pycocotools AP), ``metrics``, ``plots``, ``gallery``,
 ``report``.
 """
 
-from busdet.evaluation.inputs import EvaluationInputError, check_prediction_files, read_predictions_csv
+from busdet.evaluation.inputs import (EvaluationInputError, check_prediction_files, key_by_annotation_names,
+                                      read_predictions_csv)
 from busdet.evaluation.metrics import (DEFAULT_CLASSES, DEFAULT_SCORE_THRESHOLD, DEFAULT_TARGET_RECALL,
                                        Evaluation, choose_operating_threshold, compute_evaluation, evaluate)
 from busdet.evaluation.report import ReportOutcome, write_evaluation_report
 
-__all__ = ["EvaluationInputError", "check_prediction_files", "read_predictions_csv", "DEFAULT_CLASSES",
-           "DEFAULT_SCORE_THRESHOLD", "DEFAULT_TARGET_RECALL", "Evaluation", "choose_operating_threshold",
-           "compute_evaluation", "evaluate", "ReportOutcome", "write_evaluation_report"]
+__all__ = ["EvaluationInputError", "check_prediction_files", "key_by_annotation_names", "read_predictions_csv",
+           "DEFAULT_CLASSES", "DEFAULT_SCORE_THRESHOLD", "DEFAULT_TARGET_RECALL", "Evaluation",
+           "choose_operating_threshold", "compute_evaluation", "evaluate", "ReportOutcome",
+           "write_evaluation_report"]

@@ -8,7 +8,8 @@ or one row with empty box fields.
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections import defaultdict
+from pathlib import Path, PurePosixPath
 from typing import Dict, Iterable, List, Mapping, Sequence
 
 import pandas as pd
@@ -71,6 +72,29 @@ def check_prediction_files(truth: Mapping[str, Sequence[Box]], predictions: Mapp
         raise EvaluationInputError(
             f"{source}: {len(unknown)} image(s) not in the annotations: {name_some(unknown)} "
             f"(are the annotation and prediction files from the same image set?)")
+
+
+def key_by_annotation_names(truth: Mapping[str, Sequence[Box]],
+                            predictions: Mapping[str, List[Box]]) -> Dict[str, List[Box]]:
+    """Renames ``predict.py --recursive`` keys (``benign/x.png``) to the annotations' base names (``x.png``).
+
+    A key the annotations list as it is, or whose base name they do not list, is
+    kept unchanged (:func:`check_prediction_files` then names it).
+
+    Raises:
+      EvaluationInputError: two prediction paths share the base name of one annotated image.
+    """
+    renamed: Dict[str, List[Box]] = {}
+    sources = defaultdict(list)
+    for name, boxes in predictions.items():
+        base = PurePosixPath(name.replace("\\", "/")).name
+        key = base if name not in truth and base in truth else name
+        sources[key].append(name)
+        renamed[key] = boxes
+    clashes = [f"{key} ({' and '.join(names)})" for key, names in sources.items() if len(names) > 1]
+    if clashes:
+        raise EvaluationInputError(f"predictions: several files share an annotated file name: {name_some(clashes)}")
+    return renamed
 
 
 def check_labels(boxes_by_image: Mapping[str, Sequence[Box]], classes: Sequence[str], source: str) -> None:

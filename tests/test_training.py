@@ -86,3 +86,17 @@ def test_smoke_training_exports_a_model_that_reloads_and_predicts(smoke_model, l
     assert all(b.label in ("benign", "malignant") for b in boxes)
     assert [b.score for b in boxes] == sorted((b.score for b in boxes), reverse=True)
     assert (smoke_model.parent / "run" / "params.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_measure_model_picks_threshold_on_val_and_reports_test(smoke_model, label_map_path, tmp_path):
+    from busdet.training.measure import measure_model
+
+    detector = load_detector(smoke_model, label_map_path)
+    work = smoke_model.parent
+    summary = measure_model(detector, work / "phantoms", work / "split.csv", tmp_path)
+    assert set(summary) == {"threshold_rule", "score_threshold", "val", "test"}
+    assert 0.0 <= summary["score_threshold"] <= 1.0
+    assert summary["test"]["threshold"] == summary["score_threshold"]
+    for name in ("val", "test"):
+        assert (tmp_path / name / "metrics.json").is_file() and (tmp_path / name / "report.md").is_file()

@@ -1,0 +1,68 @@
+"""Measure an exported model on the committed split: operating point on val, metrics on test.
+
+    python tools/measure_model.py --data ../shared/busi/Dataset_BUSI_with_GT --model saved_model
+
+The threshold rule: the highest score threshold at which the class-agnostic
+lesion recall on the *validation* split is still >= ``target_recall`` (0.90).
+The test split is looked at only to report, never to choose.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from busdet.annotations import AnnotatedImage, annotate_dataset
+from busdet.boxes import Box
+from busdet.evaluation import choose_operating_threshold, compute_evaluation, write_evaluation_report
+from busdet.images import read_image
+from busdet.inference import Detector, detect
+from busdet.training.data import read_split_csv
+
+log = logging.getLogger(__name__)
+
+THRESHOLD_RULE = "highest score threshold keeping class-agnostic lesion recall >= {:.2f} on the validation split"
+
+
+def predict_images(detector: Detector, images: List[AnnotatedImage], progress=lambda items: items) -> Dict[str, List[Box]]:
+    """``{filename: every detection}`` for annotated images (through the one inference path)."""
+    return {image.filename: detect(detector, read_image(image.path)) for image in progress(images)}
+
+
+def split_truth(images: List[AnnotatedImage], split: Dict[str, str], name: str
+                ) -> Tuple[List[AnnotatedImage], Dict[str, List[Box]], Dict[str, str]]:
+    """The images of one split, their boxes and their image labels."""
+    members = [i for i in images if split.get(i.filename) == name]
+    return members, {i.filename: i.boxes for i in members}, {i.filename: i.label for i in members}
+
+
+def measure_model(detector: Detector, dataset_dir: Path, split_path: Path, report_dir: Path,
+                  target_recall: float = 0.90, progress=lambda items: items) -> dict:
+    """Predicts val and test, picks the threshold on val, writes both reports; returns a summary.
+
+    The summary holds ``score_threshold``, ``threshold_rule`` and the ``val`` and
+    ``test`` metric dicts (those of ``report_dir/{val,test}/metrics.json``).
+    """
+    images, problems = annotate_dataset(dataset_dir, list(detector.classes.values()))
+    for problem in problems:
+        log.warning("skipped %s", problem)
+    split = read_split_csv(split_path)
+    summary = {"threshold_rule": THRESHOLD_RULE.format(target_recall)}
+    results = {}
+    for name in ("val", "test"):
+        members, truth, labels = split_truth(images, split, name)
+        results[name] = (truth, labels, predict_images(detector, members, progress))
+    threshold = choose_operating_threshold(results["val"][0], results["val"][2], target_recall)
+    if threshold is None:
+        log.warning("lesion recall %.2f is out of reach on val: keeping the model's threshold", target_recall)
+        threshold = detector.score_threshold
+    summary["score_threshold"] = round(float(threshold), 4)
+    for name, (truth, labels, predictions) in results.items():
+        evaluation = compute_evaluation(truth, labels, predictions, summary["score_threshold"],
+                                        classes=list(detector.classes.values()))
+        write_evaluation_report(evaluation, truth, predictions, report_dir / name, images_dir=dataset_dir,
+                                sources={"annotations": f"{dataset_dir} ({name} split of {split_path.name})",
+                                         "predictions": str(detector.model_dir)})
+        summary[name] = evaluation.metrics
+    return summary

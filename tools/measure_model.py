@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Measure the exported model on the committed split and store its operating point.
+
+    python tools/measure_model.py --data ../shared/busi/Dataset_BUSI_with_GT --model saved_model \\
+        --report report/ --write-model-info
+
+Predicts the validation and test images, chooses the operating threshold on
+validation (the highest one keeping class-agnostic lesion recall >= --target-recall),
+writes a full evaluation report per split (report/val, report/test: keep it out of
+git, its gallery shows dataset images) and prints the metrics as JSON. With
+--write-model-info the threshold and the test metrics go into
+saved_model/model_info.json, where predict.py and the app read their default.
+Exit status: 0 done, 2 bad arguments or model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout
+
+from tqdm import tqdm  # noqa: E402
+
+from busdet.images import atomic_write  # noqa: E402
+from busdet.inference import MODEL_INFO_FILE, ModelLoadError, load_detector, read_model_info  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, type=Path, help="dataset folder, one sub-folder per class")
+    parser.add_argument("--model", type=Path, default=ROOT / "saved_model", help="SavedModel folder")
+    parser.add_argument("--label", type=Path, default=ROOT / "label_map.pbtxt", help="label map")
+    parser.add_argument("--split", type=Path, default=ROOT / "data" / "busi_split.csv", help="split CSV")
+    parser.add_argument("--report", type=Path, default=ROOT / "report", help="report folder (default: report/)")
+    parser.add_argument("--target-recall", type=float, default=0.90, help="lesion recall to keep on val")
+    parser.add_argument("--write-model-info", action="store_true",
+                        help="store the threshold and test metrics in the model's model_info.json")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    from busdet.training.measure import measure_model
+
+    try:
+        detector = load_detector(args.model, args.label)
+    except ModelLoadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not args.data.is_dir() or not args.split.is_file():
+        print(f"error: need the dataset folder {args.data} and the split {args.split}", file=sys.stderr)
+        return 2
+    summary = measure_model(detector, args.data, args.split, args.report, args.target_recall,
+                            progress=lambda items: tqdm(items, desc="predict", unit="image", file=sys.stderr))
+    print(json.dumps(summary, indent=1))
+    if args.write_model_info:
+        info = read_model_info(args.model)
+        info.update(score_threshold=summary["score_threshold"], threshold_rule=summary["threshold_rule"],
+                    test_metrics=summary["test"], val_metrics=summary["val"])
+        with atomic_write(args.model / MODEL_INFO_FILE, "w") as stream:
+            stream.write(json.dumps(info, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -57,7 +57,7 @@ def parse_label_map(text: str, source: str = "<label map>") -> Dict[int, str]:
         raise ValueError(f"{source}: not a valid label map: {error}") from None
     classes: Dict[int, str] = {}
     for item in message.item:
-        if not item.HasField("id") or not item.HasField("name"):
+        if not item.HasField("id") or not item.name:
             raise ValueError(f"{source}: every item needs an id and a name")
         if item.id <= BACKGROUND_ID:
             raise ValueError(f"{source}: id {item.id} of {item.name!r} must be >= 1 (0 is background)")

@@ -1,0 +1,218 @@
+"""Image reading gives the pixels a viewer shows; bad files fail with the file's name; atomic writes."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from busdet.images import (ImageReadError, atomic_write, decode_image, encode_png, is_image_file, read_image,
+                           write_image)
+
+
+def png_bytes(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+def saved(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_rgb_is_read_as_is(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    result = read_image(saved(tmp_path, "a.png", png_bytes(Image.fromarray(pixels))))
+    assert result.dtype == np.uint8 and result.flags.c_contiguous
+    assert np.array_equal(result, pixels)
+
+
+def test_grayscale_is_replicated_in_three_channels(tmp_path):
+    gray = np.arange(35, dtype=np.uint8).reshape(5, 7) * 7
+    result = read_image(saved(tmp_path, "g.png", png_bytes(Image.fromarray(gray))))
+    assert result.shape == (5, 7, 3)
+    assert all(np.array_equal(result[..., c], gray) for c in range(3))
+
+
+def test_16_bit_is_stretched_by_its_maximum():
+    twelve_bit = np.array([[0, 1024], [2048, 4095]], dtype=np.uint16)  # a 12-bit export in 16-bit PNG
+    result = decode_image(png_bytes(Image.fromarray(twelve_bit)), "deep.png")
+    assert result[..., 0].tolist() == [[0, 63], [127, 255]]
+
+
+def test_all_black_16_bit_stays_black():
+    assert decode_image(png_bytes(Image.fromarray(np.zeros((3, 3), np.uint16)))).max() == 0
+
+
+def test_rgba_transparency_is_shown_on_black():
+    rgba = np.zeros((1, 3, 4), dtype=np.uint8)
+    rgba[0, 0] = [200, 100, 50, 255]  # opaque
+    rgba[0, 1] = [200, 100, 50, 0]  # fully transparent
+    rgba[0, 2] = [200, 100, 50, 128]  # half
+    result = decode_image(png_bytes(Image.fromarray(rgba)))
+    assert result[0, 0].tolist() == [200, 100, 50]
+    assert result[0, 1].tolist() == [0, 0, 0]
+    assert np.allclose(result[0, 2], [100, 50, 25], atol=1)
+
+
+def test_palette_gives_its_colours():
+    indexed = Image.fromarray(np.array([[0, 1], [2, 1]], dtype=np.uint8), mode="P")
+    indexed.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255])
+    result = decode_image(png_bytes(indexed))
+    assert result[0, 1].tolist() == [255, 0, 0] and result[1, 0].tolist() == [0, 0, 255]
+
+
+@pytest.mark.parametrize("orientation,turns", [(3, 2), (6, -1), (8, 1)])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_exif_orientation_gives_the_pixels_as_displayed(orientation, turns, fmt):
+    stored = np.zeros((40, 80, 3), dtype=np.uint8)
+    stored[:20, :40] = 255  # a white block in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format=fmt, exif=exif.tobytes(), **({"quality": 100} if fmt == "JPEG" else {}))
+    result = decode_image(buffer.getvalue(), f"rotated.{fmt.lower()}")
+    shown = np.rot90(stored, k=turns)
+    assert result.shape == shown.shape
+    assert np.abs(result.astype(int) - shown).mean() < 3
+
+
+def test_truncated_file_names_the_file(tmp_path):
+    data = png_bytes(Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)))
+    path = saved(tmp_path, "cut.png", data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match=f"{path}: cannot decode"):
+        read_image(path)
+
+
+def test_empty_file_names_the_file(tmp_path):
+    path = saved(tmp_path, "empty.png", b"")
+    with pytest.raises(ImageReadError, match=f"{path}: file is empty"):
+        read_image(path)
+    with pytest.raises(ImageReadError, match="upload.png: file is empty"):
+        decode_image(b"", "upload.png")
+
+
+def test_non_image_names_the_file(tmp_path):
+    path = saved(tmp_path, "notes.png", b"these are not pixels")
+    with pytest.raises(ImageReadError, match=f"{path}: not a recognised image format"):
+        read_image(path)
+
+
+def test_missing_file_names_the_file(tmp_path):
+    with pytest.raises(ImageReadError, match="absent.png: file not found"):
+        read_image(tmp_path / "absent.png")
+
+
+def claims_size(data: bytes, width: int, height: int) -> bytes:
+    """A PNG whose header claims another size (IHDR rewritten with a valid CRC)."""
+    ihdr = data[12:29]  # chunk type + 13 bytes of data
+    patched = ihdr[:4] + struct.pack(">II", width, height) + ihdr[12:]
+    return data[:12] + patched + struct.pack(">I", zlib.crc32(patched)) + data[33:]
+
+
+# Above twice the limit Pillow raises; between once and twice it only warns.
+@pytest.mark.parametrize("width,height", [(10_000, 10_000), (8_000, 7_000)])
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, width, height):
+    path = saved(tmp_path, "bomb.png", claims_size(png_bytes(Image.new("L", (1, 1))), width, height))
+    with pytest.raises(ImageReadError, match=f"{path}: image is larger than"):
+        read_image(path)
+
+
+def test_pillow_limit_is_restored_after_reading(tmp_path):
+    before = Image.MAX_IMAGE_PIXELS
+    decode_image(png_bytes(Image.new("L", (2, 2))))
+    with pytest.raises(ImageReadError):
+        decode_image(b"junk")
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_is_image_file_ignores_case():
+    assert is_image_file("A.PNG") and is_image_file("b.JpEg") and is_image_file(Path("c.tif"))
+    assert not is_image_file("notes.txt") and not is_image_file("png")
+
+
+def test_encode_png_round_trips():
+    pixels = np.random.default_rng(2).integers(0, 256, (6, 4, 3), dtype=np.uint8)
+    assert np.array_equal(decode_image(encode_png(pixels)), pixels)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif"])
+def test_write_image_round_trips_losslessly(tmp_path, suffix):
+    pixels = np.random.default_rng(3).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    write_image(tmp_path / f"x{suffix}", pixels)
+    assert np.array_equal(read_image(tmp_path / f"x{suffix}"), pixels)
+
+
+def test_write_image_refuses_to_overwrite_when_asked(tmp_path):
+    path = tmp_path / "x.jpg"
+    write_image(path, np.zeros((4, 4, 3), np.uint8))
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError):
+        write_image(path, np.full((4, 4, 3), 255, np.uint8), overwrite=False)
+    assert path.read_bytes() == before
+
+
+def test_atomic_write_replaces_on_success(tmp_path):
+    path = tmp_path / "sub" / "out.csv"
+    with atomic_write(path, "w") as stream:
+        stream.write("a,b\n")
+        assert not path.exists(), "nothing visible before the end"
+    assert path.read_text(encoding="utf-8") == "a,b\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["out.csv"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_atomic_write_leaves_the_old_file_and_no_temp_on_exception(tmp_path, error):
+    path = saved(tmp_path, "out.csv", b"old\n")
+    with pytest.raises(error):
+        with atomic_write(path, "wb") as stream:
+            stream.write(b"half of the new")
+            raise error()
+    assert path.read_bytes() == b"old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_atomic_write_leaves_nothing_when_there_was_no_file(tmp_path):
+    with pytest.raises(ValueError):
+        with atomic_write(tmp_path / "new.json", "w"):
+            raise ValueError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_refuses_to_overwrite_when_asked(tmp_path):
+    path = saved(tmp_path, "out.csv", b"keep\n")
+    with pytest.raises(FileExistsError, match="out.csv"):
+        with atomic_write(path, "w", overwrite=False) as stream:
+            stream.write("lost")
+    assert path.read_bytes() == b"keep\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_atomic_write_gives_files_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "new.csv", "w") as stream:
+            stream.write("x")
+        assert (tmp_path / "new.csv").stat().st_mode & 0o777 == 0o644, "not mkstemp's private 0600"
+        existing = saved(tmp_path, "existing.csv", b"x")
+        existing.chmod(0o640)
+        with atomic_write(existing, "w") as stream:
+            stream.write("y")
+        assert existing.stat().st_mode & 0o777 == 0o640, "a replaced file keeps its mode"
+    finally:
+        os.umask(umask)
+
+
+def test_text_mode_writes_utf8_and_keeps_newlines(tmp_path):
+    path = tmp_path / "t.csv"
+    with atomic_write(path, "w") as stream:
+        stream.write("bénin\r\nx\n")
+    assert path.read_bytes() == "bénin\r\nx\n".encode("utf-8")

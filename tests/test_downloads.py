@@ -1,0 +1,116 @@
+"""Take-away bytes of the page: annotated PNG, CSV, JSON and the batch ZIP."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from busdet.boxes import Box
+from busdet.downloads import (ImageResult, annotated_png, boxes_table, download_stem, finding_line, image_downloads,
+                              images_csv, images_table, predictions_csv, predictions_json, results_zip)
+from busdet.images import decode_image
+from busdet.results import IMAGE_COLUMNS, PREDICTION_COLUMNS
+
+
+def make_result(name="scan.png", boxes=(), shape=(40, 60)) -> ImageResult:
+    image = np.full((*shape, 3), 30, dtype=np.uint8)
+    return ImageResult(name, image, tuple(boxes), score_threshold=0.5, seconds=0.25)
+
+
+MALIGNANT = Box(10, 5, 30, 25, "malignant", 0.91234)
+BENIGN = Box(2, 2, 8, 9, "benign", 0.6)
+
+
+@pytest.mark.parametrize("name, stem", [
+    ("scan.png", "scan"),
+    ("../../etc/passwd.png", "passwd"),
+    ("C:\\data\\case 1.PNG", "case_1"),
+    ("**x**<script>.png", "__x___script_"),
+    (".png", "png"),
+    ("", "image"),
+])
+def test_download_stem_keeps_a_safe_file_name(name, stem):
+    assert download_stem(name) == stem
+
+
+def test_annotated_png_is_a_full_resolution_png_with_boxes_drawn():
+    result = make_result(boxes=[MALIGNANT])
+    pixels = decode_image(annotated_png(result), "annotated.png")
+    assert pixels.shape == result.image.shape
+    assert not np.array_equal(pixels, result.image)
+    assert np.array_equal(result.image, np.full_like(result.image, 30)), "input must not change"
+
+
+def test_predictions_csv_has_the_cli_columns_and_integer_geometry():
+    frame = pd.read_csv(io.BytesIO(predictions_csv([make_result(boxes=[BENIGN, MALIGNANT])])))
+    assert list(frame.columns) == PREDICTION_COLUMNS
+    assert frame.iloc[0].tolist() == ["scan.png", 10, 5, 20, 20, "malignant", 0.9123]
+    assert frame.iloc[1].tolist() == ["scan.png", 2, 2, 6, 7, "benign", 0.6]
+
+
+def test_predictions_csv_without_boxes_has_the_header_only():
+    text = predictions_csv([make_result(), ImageResult("bad.png", error="bad.png: broken")]).decode()
+    assert text.strip() == ",".join(PREDICTION_COLUMNS)
+
+
+def test_predictions_json_records_finding_threshold_and_boxes():
+    records = json.loads(predictions_json([make_result(boxes=[BENIGN, MALIGNANT])]))
+    assert records == [{
+        "filename": "scan.png", "width": 60, "height": 40, "score_threshold": 0.5,
+        "finding": "suspicious for malignancy", "finding_score": 0.9123, "inference_seconds": 0.25,
+        "error": None,
+        "boxes": [{"xmin": 2, "ymin": 2, "width": 6, "height": 7, "label": "benign", "score": 0.6},
+                  {"xmin": 10, "ymin": 5, "width": 20, "height": 20, "label": "malignant", "score": 0.9123}],
+    }]
+
+
+def test_images_table_accounts_for_every_file_including_unreadable_ones():
+    results = [make_result("a.png", [BENIGN]), ImageResult("b.png", error="b.png: not a recognised image format"),
+               make_result("c.png")]
+    table = images_table(results)
+    assert table["filename"].tolist() == ["a.png", "b.png", "c.png"]
+    assert table["status"].tolist() == ["ok", "error", "ok"]
+    assert table["finding"].tolist() == ["benign-appearing lesion", "", "no lesion above the threshold"]
+    assert table.loc[1, "error"] == "b.png: not a recognised image format"
+    assert list(pd.read_csv(io.BytesIO(images_csv(results))).columns) == IMAGE_COLUMNS
+
+
+def test_results_zip_holds_tables_and_one_png_per_readable_image():
+    results = [make_result("scan.png", [MALIGNANT]), make_result("dir/scan.png"),
+               ImageResult("broken.png", error="broken.png: file is empty")]
+    archive = zipfile.ZipFile(io.BytesIO(results_zip(results)))
+    assert sorted(archive.namelist()) == [
+        "annotated/scan_2_annotated.png", "annotated/scan_annotated.png",
+        "images.csv", "predictions.csv", "predictions.json"]
+    assert archive.read("predictions.csv") == predictions_csv(results)
+    assert len(json.loads(archive.read("predictions.json"))) == 3
+    assert decode_image(archive.read("annotated/scan_annotated.png")).shape == (40, 60, 3)
+    assert results_zip(results) == results_zip(results), "the archive must not record the time"
+
+
+def test_finding_line_gives_the_sentence_and_its_score():
+    assert finding_line([BENIGN, MALIGNANT]) == "suspicious for malignancy (0.91)"
+    assert finding_line([BENIGN]) == "benign-appearing lesion (0.60)"
+    assert finding_line([]) == "no lesion above the threshold"
+
+
+def test_boxes_table_lists_label_and_score_first():
+    table = boxes_table(make_result(boxes=[BENIGN, MALIGNANT]))
+    assert list(table.columns) == ["label", "score", "xmin", "ymin", "width", "height"]
+    assert table["label"].tolist() == ["malignant", "benign"]
+
+
+def test_image_downloads_build_the_three_files_on_demand():
+    result = make_result("../case 7.png", [MALIGNANT])
+    files = {label: (name, mime, build) for label, name, mime, build in image_downloads(result)}
+    assert {label: name for label, (name, _, _) in files.items()} == {
+        "Annotated PNG": "case_7_annotated.png", "Boxes CSV": "case_7_predictions.csv",
+        "Boxes JSON": "case_7_predictions.json"}
+    assert files["Annotated PNG"][2]() == annotated_png(result)
+    assert files["Boxes CSV"][2]() == predictions_csv([result])
+    assert json.loads(files["Boxes JSON"][2]())[0]["filename"] == "../case 7.png"

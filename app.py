@@ -1,0 +1,154 @@
+"""Breast ultrasound lesion finder: upload images, see benign/malignant boxes, take the results away.
+
+    streamlit run app.py
+
+Uses ``saved_model/``, ``label_map.pbtxt`` and demo PNGs in ``input/`` beside this file, or
+``BUSDET_MODEL_DIR``, ``BUSDET_LABEL_MAP``, ``BUSDET_DEMO_DIR``. Images stay in memory only.
+"""
+
+import hashlib
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from busdet import inference
+from busdet.boxes import above_threshold
+from busdet.downloads import (ImageResult, annotated_image, boxes_table, finding_line, image_downloads,
+                              images_table, results_zip)
+from busdet.images import IMAGE_EXTENSIONS, ImageReadError, decode_image
+
+HERE = Path(__file__).resolve().parent
+MODEL_DIR = Path(os.environ.get("BUSDET_MODEL_DIR", HERE / "saved_model"))
+LABEL_MAP = Path(os.environ.get("BUSDET_LABEL_MAP", HERE / "label_map.pbtxt"))
+DEMO_DIR = Path(os.environ.get("BUSDET_DEMO_DIR", HERE / "input"))
+NOTICE = ("Research tool, not a medical device: it does not diagnose and does not replace a radiologist. "
+          "Images stay in this server's memory: never stored, never logged, no usage statistics sent.")
+ABOUT = """
+**Model.** RetinaNet with a MobileNetV2 backbone (TensorFlow Model Garden), trained in this project from
+random initialisation on the public BUSI dataset: W. Al-Dhabyani, M. Gomaa, H. Khaled, A. Fahmy, *Dataset
+of breast ultrasound images*, Data in Brief 28 (2020) 104863 (780 images of 600 women, one hospital, 2018).
+
+**Limits.** A few hundred training images from one centre and scanner family: other machines, presets and
+populations may do worse, unmeasured. A score is the model's confidence, not a probability of cancer.
+The model cannot tell whether an image is an ultrasound at all: any image gets an answer. A clinician must
+read every result; it is a research tool, not a medical device, and does not replace a radiologist.
+"""
+
+
+@st.cache_resource(show_spinner="Loading the detection model...")
+def load_model(model_dir: str, label_map: str) -> inference.Detector:
+    """One detector per process, shared by every session."""
+    return inference.load_detector(model_dir, label_map)
+
+
+@st.cache_data(max_entries=512, show_spinner="Detecting lesions...")
+def detect_all_boxes(_detector, model_dir: str, content_sha256: str, _image):
+    """Every box of one image and the model time, keyed by the file's content hash,
+    so that the threshold slider filters cached boxes instead of rerunning the model."""
+    return inference.timed_detect(_detector, _image)
+
+
+def inputs_ui():
+    """Sidebar: uploaded files, or one demo image when nothing is uploaded -> [(name, bytes)]."""
+    uploads = st.sidebar.file_uploader("Ultrasound images", accept_multiple_files=True,
+                                       type=[ext.lstrip(".") for ext in IMAGE_EXTENSIONS])
+    if uploads:
+        return [(upload.name, upload.getvalue()) for upload in uploads]
+    demos = sorted(DEMO_DIR.glob("*.png"))
+    if not demos:
+        st.sidebar.caption("No demo images in input/: upload an image to start.")
+        return []
+    demo = st.sidebar.selectbox("Or a demo image", demos, format_func=lambda path: path.name)
+    return [(demo.name, demo.read_bytes())]
+
+
+def threshold_ui(default: float) -> float:
+    return st.sidebar.slider("Confidence threshold", 0.0, 1.0, float(default), 0.01,
+                             help=f"Boxes scoring below it are hidden. Default {default:.2f}: the model's "
+                                  "operating point. Moving it does not rerun the model.")
+
+
+def detect_ui(digests) -> bool:
+    """The Detect button; True while the files it was pressed for are still the input."""
+    if st.sidebar.button("Detect", type="primary", disabled=not digests):
+        st.session_state["detected"] = digests
+    return bool(digests) and st.session_state.get("detected") == digests
+
+
+def analyse(detector, name: str, data: bytes, digest: str, score_threshold: float) -> ImageResult:
+    try:
+        image = decode_image(data, name)
+    except ImageReadError as error:
+        return ImageResult(name, error=str(error))
+    boxes, seconds = detect_all_boxes(detector, str(detector.model_dir), digest, image)
+    return ImageResult(name, image, tuple(above_threshold(boxes, score_threshold)), score_threshold, seconds)
+
+
+def about_ui(test_metrics) -> None:
+    with st.expander("About this tool, its model and its limits"):
+        st.markdown(ABOUT)
+        st.caption("Test-split metrics (model card):" if test_metrics else "Test metrics: see MODEL_CARD.md.")
+        if test_metrics:
+            st.dataframe(pd.Series(test_metrics, name="value").astype(str).rename_axis("metric"))
+
+
+def image_result_ui(result: ImageResult, key: str) -> None:
+    """Finding, original beside annotated, box table and the three downloads of one image."""
+    st.text(result.filename)
+    st.markdown(f"**{finding_line(result.boxes)}**")
+    st.caption(f"{len(result.boxes)} box(es) at threshold {result.score_threshold:.2f}; "
+               f"inference {result.seconds:.2f} s")
+    original, annotated = st.columns(2)
+    original.image(result.image, caption="Original", output_format="PNG")
+    annotated.image(annotated_image(result), caption="Detections", output_format="PNG")
+    st.dataframe(boxes_table(result), hide_index=True)
+    for column, (label, file_name, mime, build) in zip(st.columns(3), image_downloads(result)):
+        column.download_button(label, build, file_name, mime, key=f"{label}-{key}", on_click="ignore")
+
+
+def batch_ui(results) -> None:
+    """Several images: a sortable summary first, one ZIP, then each image in an expander."""
+    summary = images_table(results)
+    summary.index = pd.RangeIndex(1, len(summary) + 1, name="image")
+    st.dataframe(summary)
+    st.download_button("All results (ZIP)", lambda: results_zip(results), "busdet_results.zip",
+                       "application/zip", key="zip", on_click="ignore")
+    for number, result in enumerate(results, start=1):
+        if result.ok:
+            with st.expander(f"Image {number}: {finding_line(result.boxes)}"):
+                image_result_ui(result, key=str(number))
+
+
+def main() -> None:
+    st.set_page_config(page_title="Breast ultrasound lesion finder", layout="wide")
+    st.title("Breast ultrasound lesion finder")
+    st.caption(NOTICE)
+    try:
+        detector = load_model(str(MODEL_DIR), str(LABEL_MAP))
+    except inference.ModelLoadError as error:
+        st.error(f"No usable model: expected a TensorFlow SavedModel (`saved_model.pb`, `variables/`) in `{MODEL_DIR}` "
+                 f"and its label map `{LABEL_MAP}` (or set `BUSDET_MODEL_DIR`, `BUSDET_LABEL_MAP`).")
+        st.text(str(error))
+        st.stop()
+    about_ui(detector.info.get("test_metrics"))
+    inputs = inputs_ui()
+    score_threshold = threshold_ui(detector.score_threshold)
+    digests = tuple(hashlib.sha256(data).hexdigest() for _, data in inputs)
+    if not detect_ui(digests):
+        st.info("Choose images in the sidebar, then press Detect.")
+        return
+    results = [analyse(detector, name, data, digest, score_threshold)
+               for (name, data), digest in zip(inputs, digests)]
+    for failed in (result for result in results if not result.ok):
+        st.error("This file could not be read and was skipped; the other files still run:")
+        st.text(failed.error)
+    if len(results) > 1:
+        batch_ui(results)
+    elif results[0].ok:
+        image_result_ui(results[0], key="single")
+
+
+if __name__ == "__main__":
+    main()

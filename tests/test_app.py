@@ -1,0 +1,204 @@
+"""The Streamlit page through ``streamlit.testing.v1.AppTest`` (in-process, no browser).
+
+Fast tests swap ``busdet.inference.load_detector`` / ``detect`` for fakes that return
+known boxes and count model calls; the ``slow`` ones run the smoke-trained SavedModel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from busdet import inference
+from busdet.boxes import Box
+from busdet.images import encode_png
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+HOSTILE_NAME = "**x**<script>alert(1)</script>.png"
+
+
+def phantom_png(seed: int = 0, size=(120, 160)) -> bytes:
+    """A speckled gray frame with one dark oval, like a lesion on ultrasound."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(110, 25, size).clip(0, 255)
+    yy, xx = np.mgrid[:size[0], :size[1]]
+    image[((yy - 60) / 25) ** 2 + ((xx - 80) / 35) ** 2 < 1] = 30
+    return encode_png(np.repeat(image.astype(np.uint8)[..., None], 3, axis=-1))
+
+
+class CountingDetect:
+    """Stands in for ``busdet.inference.detect``: fixed boxes scaled to the image, calls counted."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, detector, image):
+        self.calls += 1
+        height, width = image.shape[:2]
+        return [Box(0.25 * width, 0.25 * height, 0.75 * width, 0.75 * height, "malignant", 0.9),
+                Box(0.05 * width, 0.05 * height, 0.2 * width, 0.2 * height, "benign", 0.5)]
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    """AppTest runs in this process: each test starts with empty Streamlit caches."""
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def demo_dir(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "input"
+    folder.mkdir()
+    (folder / "demo_phantom.png").write_bytes(phantom_png())
+    monkeypatch.setenv("BUSDET_DEMO_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def fake_model(monkeypatch, tmp_path, label_map_path) -> CountingDetect:
+    """A detector without TensorFlow: ``load_detector`` and ``detect`` are fakes."""
+    detector = inference.Detector(predict=None, classes={1: "benign", 2: "malignant"}, input_size=(384, 384),
+                                  score_threshold=0.7, model_dir=tmp_path / "fake_model", info={})
+    counter = CountingDetect()
+    counter.detector = detector
+    monkeypatch.setattr(inference, "load_detector", lambda model_dir, label_map: detector)
+    monkeypatch.setattr(inference, "detect", counter)
+    monkeypatch.setenv("BUSDET_DEMO_DIR", str(tmp_path / "no_demos"))
+    return counter
+
+
+def run_app(timeout: float = 30) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=timeout)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def press_detect(at: AppTest) -> AppTest:
+    at.sidebar.button[0].click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def all_markdown(at: AppTest) -> str:
+    """Every piece of text the page rendered as markdown (titles, captions, alerts, labels)."""
+    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [e.label for e in at.expander]
+    return "\n".join(parts + [b.label for b in at.button] + [b.label for b in at.download_button])
+
+
+def test_page_runs_clean_without_input(fake_model):
+    at = run_app()
+    assert not at.error
+    assert at.sidebar.button[0].disabled, "Detect needs an image"
+    assert "No demo images" in at.sidebar.caption[0].value
+    assert "not a medical device" in at.caption[0].value
+
+
+def test_missing_model_is_one_clear_error_naming_the_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("BUSDET_MODEL_DIR", str(tmp_path / "nowhere"))
+    at = run_app()
+    assert len(at.error) == 1
+    assert str(tmp_path / "nowhere") in at.error[0].value and "saved_model.pb" in at.error[0].value
+    assert not at.sidebar.button, "the page stops before its controls"
+
+
+def test_about_points_to_the_model_card_without_metrics(fake_model):
+    about = run_app().expander[0]
+    assert "MODEL_CARD.md" in about.caption[0].value and not about.dataframe
+
+
+def test_about_shows_the_model_card_metrics(fake_model):
+    fake_model.detector.info["test_metrics"] = {"AP50": 0.5}
+    at = run_app()
+    about = at.expander[0]
+    assert "Al-Dhabyani" in about.markdown[0].value and "RetinaNet" in about.markdown[0].value
+    metrics = about.dataframe[0].value
+    assert metrics.index.tolist() == ["AP50"] and metrics["value"].tolist() == ["0.5"]
+
+
+def test_demo_image_detect_shows_annotated_image_table_and_downloads(fake_model, demo_dir):
+    at = run_app()
+    assert at.info and not at.image, "nothing runs before Detect"
+    assert fake_model.calls == 0
+    press_detect(at)
+    assert [i.captions for i in at.image] == [["Original"], ["Detections"]]
+    table = at.dataframe[-1].value
+    assert table[["label", "score"]].values.tolist() == [["malignant", 0.9]], "0.5 is below the 0.7 default"
+    assert table[["xmin", "ymin", "width", "height"]].values.tolist() == [[40, 30, 80, 60]]
+    assert "suspicious for malignancy" in all_markdown(at)
+    assert "demo_phantom.png" in [t.value for t in at.text]
+    assert [b.label for b in at.download_button] == ["Annotated PNG", "Boxes CSV", "Boxes JSON"]
+    assert fake_model.calls == 1
+
+
+def test_slider_changes_boxes_without_running_the_model_again(fake_model, demo_dir):
+    at = press_detect(run_app())
+    assert at.sidebar.slider[0].value == pytest.approx(0.7), "default is the model's operating point"
+    assert len(at.dataframe[-1].value) == 1
+    at.sidebar.slider[0].set_value(0.4).run()
+    assert len(at.dataframe[-1].value) == 2, "results persist and the lower threshold shows more boxes"
+    at.sidebar.slider[0].set_value(0.95).run()
+    assert len(at.dataframe[-1].value) == 0
+    assert "no lesion above the threshold" in all_markdown(at)
+    assert fake_model.calls == 1
+
+
+def test_bad_file_is_named_and_the_others_still_run(fake_model):
+    at = run_app()
+    at.sidebar.file_uploader[0].set_value([("broken.png", b"not an image at all", "image/png"),
+                                           ("good.png", phantom_png(1), "image/png")]).run()
+    press_detect(at)
+    assert len(at.error) == 1
+    assert "broken.png: not a recognised image format" in [t.value for t in at.text]
+    summary = at.dataframe[0].value
+    assert summary["filename"].tolist() == ["broken.png", "good.png"]
+    assert summary["status"].tolist() == ["error", "ok"]
+    assert [e.label for e in at.expander[1:]] == ["Image 2: suspicious for malignancy (0.90)"]
+    assert [b.label for b in at.download_button][0] == "All results (ZIP)"
+    assert fake_model.calls == 1
+
+
+def test_new_input_waits_for_detect_again(fake_model):
+    at = run_app()
+    at.sidebar.file_uploader[0].set_value(("one.png", phantom_png(1), "image/png")).run()
+    press_detect(at)
+    assert at.image
+    at.sidebar.file_uploader[0].set_value(("two.png", phantom_png(2), "image/png")).run()
+    assert not at.image and at.info
+
+
+@pytest.mark.parametrize("content", [phantom_png(3), b"\x89PNG\r\n\x1a\n truncated"])
+def test_file_names_are_shown_literally_never_as_markup(fake_model, content):
+    at = run_app()
+    at.sidebar.file_uploader[0].set_value((HOSTILE_NAME, content, "image/png")).run()
+    press_detect(at)
+    shown = [t.value for t in at.text]
+    assert any(text.startswith(HOSTILE_NAME) for text in shown), shown
+    assert "<script>" not in all_markdown(at) and "**x**" not in all_markdown(at)
+    assert not at.html
+
+
+@pytest.mark.slow
+def test_smoke_model_end_to_end_slider_reuses_detections(smoke_model, label_map_path, demo_dir, monkeypatch):
+    monkeypatch.setenv("BUSDET_MODEL_DIR", str(smoke_model))
+    monkeypatch.setenv("BUSDET_LABEL_MAP", str(label_map_path))
+    calls = []
+    real_detect = inference.detect
+    monkeypatch.setattr(inference, "detect", lambda detector, image: calls.append(1) or real_detect(detector, image))
+    at = press_detect(run_app(timeout=300))
+    assert not at.error
+    assert [i.captions for i in at.image] == [["Original"], ["Detections"]]
+    at.sidebar.slider[0].set_value(0.0).run()
+    assert not at.exception
+    low = len(at.dataframe[-1].value)
+    at.sidebar.slider[0].set_value(1.0).run()
+    assert len(at.dataframe[-1].value) <= low
+    assert len(calls) == 1

@@ -52,7 +52,9 @@ def parse_label_map(text: str, source: str = "<label map>") -> Dict[int, str]:
     """
     message = _label_map_message_class()()
     try:
-        text_format.Parse(text, message)
+        # Label maps written for the Object Detection API may carry more fields
+        # (frequency, keypoints...): they do not concern us, so they are skipped.
+        text_format.Parse(text, message, allow_unknown_field=True)
     except text_format.ParseError as error:
         raise ValueError(f"{source}: not a valid label map: {error}") from None
     classes: Dict[int, str] = {}

@@ -22,7 +22,8 @@ import pytest
 from busdet.images import encode_png
 from busdet.phantoms import generate_phantom
 
-pytestmark = pytest.mark.browser
+# Needs the smoke-trained TensorFlow model as well as a browser.
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

@@ -32,24 +32,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-
     from busdet.label_map import load_label_map
-    from busdet.training import experiment  # noqa: F401  registers the experiment
     from busdet.training.export import export_saved_model
+    from busdet.training.run import load_run_params
 
-    params_path = args.model_dir / "params.yaml"
-    if not params_path.is_file():
-        print(f"error: {params_path}: not found (expected a run made by tools/train.py)", file=sys.stderr)
-        return 2
-    from official.core import exp_factory
-    from official.modeling import hyperparams
-    params = hyperparams.override_params_dict(exp_factory.get_exp_config(experiment.EXPERIMENT_NAME),
-                                              str(params_path), is_strict=False)
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        best = args.model_dir / "best"
-        checkpoint = str(best if best.is_dir() else args.model_dir)
     try:
+        params = load_run_params(args.model_dir)
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            best = args.model_dir / "best"
+            checkpoint = str(best if best.is_dir() else args.model_dir)
         output = export_saved_model(params, checkpoint, args.output, load_label_map(args.label), args.threshold)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Optional
 
 import tensorflow as tf
+from official.core import exp_factory
 from official.modeling import hyperparams
 from official.vision.serving import export_saved_model_lib
 
 from busdet.inference import MODEL_INFO_FILE
+from busdet.training.experiment import EXPERIMENT_NAME
 
 
 def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: Path,
@@ -36,6 +38,9 @@ def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: 
     checkpoint_path = tf.train.latest_checkpoint(checkpoint) if Path(checkpoint).is_dir() else checkpoint
     if not checkpoint_path:
         raise FileNotFoundError(f"{checkpoint}: no checkpoint found")
+    # A fresh copy: the training params are locked, and the export changes a few fields.
+    params = hyperparams.override_params_dict(exp_factory.get_exp_config(EXPERIMENT_NAME), params.as_dict(),
+                                              is_strict=True)
     params = hyperparams.override_params_dict(params, {"task": {
         "export_config": {"output_normalized_coordinates": True},
         # Training paths are of no use to a user of the model.

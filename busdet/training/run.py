@@ -90,6 +90,15 @@ def build_params(config_files: Sequence[Path], records_dir: Path, counts: Dict[s
     return params
 
 
+def load_run_params(model_dir: Path) -> hyperparams.Config:
+    """The resolved config a run saved as ``model_dir/params.yaml`` (by :func:`train`)."""
+    params_path = Path(model_dir) / "params.yaml"
+    if not params_path.is_file():
+        raise FileNotFoundError(f"{params_path}: not found (expected a run made by tools/train.py)")
+    return hyperparams.override_params_dict(exp_factory.get_exp_config(EXPERIMENT_NAME), str(params_path),
+                                            is_strict=True)
+
+
 def _has_checkpoint(model_dir: Optional[Path]) -> bool:
     return model_dir is not None and tf.train.latest_checkpoint(str(model_dir)) is not None
 

@@ -58,8 +58,13 @@ def wait_until_healthy(url: str, server: subprocess.Popen, log_path: Path) -> No
 @pytest.fixture
 def app_url(smoke_model, label_map_path, tmp_path):
     """``streamlit run app.py`` on a free loopback port with the smoke model; stopped afterwards."""
+    # CI (.ci/run) installs the browser and sets BUSDET_REQUIRE_BROWSER: there a
+    # missing browser is a failure, not a skip that would hide an untested page.
+    required = os.environ.get("BUSDET_REQUIRE_BROWSER") == "1"
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+        (pytest.fail if required else pytest.skip)(f"{CHROMIUM} not installed (apt-get install chromium)")
+    if required:
+        import playwright.sync_api  # noqa: F401  an ImportError fails the test
     pytest.importorskip("playwright.sync_api", reason="pip install playwright (Python package only)")
     port, log_path = free_port(), tmp_path / "streamlit.log"
     env = {**os.environ, "BUSDET_MODEL_DIR": str(smoke_model), "BUSDET_LABEL_MAP": str(label_map_path),

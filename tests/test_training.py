@@ -100,3 +100,18 @@ def test_measure_model_picks_threshold_on_val_and_reports_test(smoke_model, labe
     assert summary["test"]["threshold"] == summary["score_threshold"]
     for name in ("val", "test"):
         assert (tmp_path / name / "metrics.json").is_file() and (tmp_path / name / "report.md").is_file()
+
+
+def test_training_curves_read_model_garden_style_summaries(tmp_path):
+    from busdet.training.curves import read_scalars, write_training_curves
+
+    for folder, tags in {"train": ["total_loss", "cls_loss"], "validation": ["validation_loss", "AP50", "AP"]}.items():
+        writer = tf.summary.create_file_writer(str(tmp_path / "run" / folder))
+        with writer.as_default():
+            for step in (10, 20):
+                for tag in tags:
+                    tf.summary.scalar(tag, 1.0 / step, step=step)
+        writer.close()
+    assert read_scalars(tmp_path / "run" / "validation")["AP50"] == [(10, pytest.approx(0.1)), (20, pytest.approx(0.05))]
+    write_training_curves([tmp_path / "run"], tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -28,16 +28,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label", type=Path, default=ROOT / "label_map.pbtxt", help="label map")
     parser.add_argument("--threshold", type=float, default=None,
                         help="operating score threshold to store (default: keep the previous one)")
+    parser.add_argument("--params-override", default=None,
+                        help="YAML/JSON overrides for the exported graph, e.g. "
+                             "'task: {model: {detection_generator: {use_class_agnostic_nms: false}}}'")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
+    from official.modeling import hyperparams
+
     from busdet.label_map import load_label_map
     from busdet.training.export import export_saved_model
     from busdet.training.run import load_run_params
 
     try:
         params = load_run_params(args.model_dir)
+        if args.params_override:
+            params = hyperparams.override_params_dict(params, args.params_override, is_strict=True)
         checkpoint = args.checkpoint
         if checkpoint is None:
             best = args.model_dir / "best"

@@ -27,7 +27,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=ROOT / "saved_model", help="SavedModel folder to write")
     parser.add_argument("--label", type=Path, default=ROOT / "label_map.pbtxt", help="label map")
     parser.add_argument("--threshold", type=float, default=None,
-                        help="operating score threshold to store (default: keep the previous one)")
+                        help="operating score threshold to store (default: none, so 0.7 until "
+                             "tools/measure_model.py --write-model-info chooses one on the validation split)")
     parser.add_argument("--params-override", default=None,
                         help="YAML/JSON overrides for the exported graph, e.g. "
                              "'task: {model: {detection_generator: {use_class_agnostic_nms: false}}}'")

@@ -60,11 +60,6 @@ def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: 
         info.update(extra_info or {})
         (staging / MODEL_INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
         if output_dir.exists():
-            # Keep the previous model's operating point unless a new one is given.
-            previous = output_dir / MODEL_INFO_FILE
-            if score_threshold is None and previous.exists():
-                info["score_threshold"] = json.loads(previous.read_text()).get("score_threshold")
-                (staging / MODEL_INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
             backup = output_dir.with_name(f".{output_dir.name}.old")
             shutil.rmtree(backup, ignore_errors=True)
             output_dir.rename(backup)

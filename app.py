@@ -82,7 +82,10 @@ def analyse(detector, name: str, data: bytes, digest: str, score_threshold: floa
         image = decode_image(data, name)
     except ImageReadError as error:
         return ImageResult(name, error=str(error))
-    boxes, seconds = detect_all_boxes(detector, str(detector.model_dir), digest, image)
+    try:
+        boxes, seconds = detect_all_boxes(detector, str(detector.model_dir), digest, image)
+    except Exception as error:  # noqa: BLE001 - as in predict.py: one image must not stop the others
+        return ImageResult(name, error=f"{name}: model failed ({type(error).__name__}: {error})")
     return ImageResult(name, image, tuple(above_threshold(boxes, score_threshold)), score_threshold, seconds)
 
 

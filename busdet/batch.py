@@ -36,7 +36,7 @@ from busdet.boxes import Box, above_threshold
 from busdet.drawing import draw_boxes
 from busdet.images import ImageReadError, is_image_file, read_image, write_image
 from busdet.inference import Detector, timed_detect
-from busdet.results import IMAGE_COLUMNS, PREDICTION_COLUMNS, image_row, predictions_frame
+from busdet.results import IMAGE_COLUMNS, image_row, predictions_table
 
 log = logging.getLogger(__name__)
 
@@ -276,8 +276,7 @@ def _finish_writes(writes: Dict[int, Tuple[ImageOutcome, Future]], done: Dict[in
 
 def tables_from_outcomes(outcomes: List[ImageOutcome]) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """``(predictions, images)`` frames in the ``predictions.csv`` / ``images.csv`` columns."""
-    frames = [predictions_frame(o.filename, o.boxes) for o in outcomes if o.boxes]
-    predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
+    predictions = predictions_table((o.filename, o.boxes) for o in outcomes)
     images = pd.DataFrame([image_row(o.filename, o.width, o.height, o.boxes, o.error) for o in outcomes],
                           columns=IMAGE_COLUMNS)
     # Unreadable images have no size: keep the columns integer (not 512.0) with empty cells.

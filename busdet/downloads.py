@@ -26,7 +26,8 @@ import pandas as pd
 from busdet.boxes import Box, box_to_pixel_xywh
 from busdet.drawing import draw_boxes
 from busdet.images import encode_png
-from busdet.results import IMAGE_COLUMNS, PREDICTION_COLUMNS, image_finding, image_row, predictions_frame
+from busdet import results as results_lib
+from busdet.results import IMAGE_COLUMNS, image_finding, image_row
 
 # A fixed timestamp inside the ZIP: the archive then depends on the results only
 # and does not record when someone looked at the images.
@@ -91,8 +92,7 @@ def annotated_png(result: ImageResult) -> bytes:
 
 def predictions_table(results: Sequence[ImageResult]) -> pd.DataFrame:
     """One row per shown box of the readable images, in :data:`PREDICTION_COLUMNS`."""
-    frames = [predictions_frame(r.filename, r.boxes) for r in results if r.ok and r.boxes]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
+    return results_lib.predictions_table((r.filename, r.boxes) for r in results if r.ok)
 
 
 def boxes_table(result: ImageResult) -> pd.DataFrame:

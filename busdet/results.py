@@ -7,7 +7,7 @@ with the output of ``tools/mask_to_bbox.py`` directly.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -22,6 +22,12 @@ def predictions_frame(filename: str, boxes: Sequence[Box]) -> pd.DataFrame:
     rows = [[filename, *box_to_pixel_xywh(b), b.label, round(float(b.score), 4)]
             for b in sorted(boxes, key=lambda b: -(b.score or 0.0))]
     return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+
+
+def predictions_table(boxes_by_file: Iterable[Tuple[str, Sequence[Box]]]) -> pd.DataFrame:
+    """``predictions.csv`` rows of several images: ``(filename, boxes)`` pairs -> one frame."""
+    frames = [predictions_frame(name, boxes) for name, boxes in boxes_by_file if boxes]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
 
 
 def top_box(boxes: Sequence[Box]) -> Optional[Box]:

@@ -166,6 +166,22 @@ def test_bad_file_is_named_and_the_others_still_run(fake_model):
     assert fake_model.calls == 1
 
 
+def test_model_failure_on_one_file_is_named_and_the_others_still_run(fake_model, monkeypatch):
+    def fail_on_tiny(detector, image):
+        if image.shape[0] < 10:
+            raise ValueError("cannot resize")
+        return fake_model(detector, image)
+
+    monkeypatch.setattr(inference, "detect", fail_on_tiny)
+    at = run_app()
+    at.sidebar.file_uploader[0].set_value([("tiny.png", encode_png(np.zeros((4, 4, 3), np.uint8)), "image/png"),
+                                           ("good.png", phantom_png(1), "image/png")]).run()
+    press_detect(at)
+    assert len(at.error) == 1
+    assert "tiny.png: model failed (ValueError: cannot resize)" in [t.value for t in at.text]
+    assert at.dataframe[0].value["status"].tolist() == ["error", "ok"]
+
+
 def test_new_input_waits_for_detect_again(fake_model):
     at = run_app()
     at.sidebar.file_uploader[0].set_value(("one.png", phantom_png(1), "image/png")).run()

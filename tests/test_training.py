@@ -115,3 +115,68 @@ def test_training_curves_read_model_garden_style_summaries(tmp_path):
     assert read_scalars(tmp_path / "run" / "validation")["AP50"] == [(10, pytest.approx(0.1)), (20, pytest.approx(0.05))]
     write_training_curves([tmp_path / "run"], tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _model_garden_batch(truth, detections):
+    """One validation batch in Model Garden's evaluator format (yxyx pixel boxes, padded).
+
+    ``truth``: per image a list of (class id, [ymin, xmin, ymax, xmax]);
+    ``detections``: per image a list of (class id, score, box).
+    """
+    size, slots = len(truth), 4
+
+    def padded(rows, width):
+        out = np.zeros((size, slots, width), np.float32)
+        for i, image_rows in enumerate(rows):
+            for j, row in enumerate(image_rows):
+                out[i, j] = row
+        return out
+
+    groundtruths = {
+        "source_id": np.arange(1, size + 1), "height": np.full(size, 100), "width": np.full(size, 100),
+        "num_detections": np.array([len(t) for t in truth]),
+        "boxes": padded([[box for _, box in t] for t in truth], 4),
+        "classes": padded([[[c] for c, _ in t] for t in truth], 1)[..., 0].astype(np.int32),
+        "areas": np.full((size, slots), 100.0, np.float32), "is_crowds": np.zeros((size, slots), np.int32)}
+    predictions = {
+        "source_id": np.arange(1, size + 1),
+        "image_info": np.tile(np.array([[100, 100], [100, 100], [1, 1], [0, 0]], np.float32), (size, 1, 1)),
+        "num_detections": np.array([len(d) for d in detections]),
+        "detection_boxes": padded([[box for _, _, box in d] for d in detections], 4),
+        "detection_scores": padded([[[s] for _, s, _ in d] for d in detections], 1)[..., 0],
+        "detection_classes": padded([[[c] for c, _, _ in d] for d in detections], 1)[..., 0].astype(np.int32)}
+    return groundtruths, predictions
+
+
+def _validate(truth, detections):
+    from busdet.training.validation import BusiCocoEvaluator
+
+    evaluator = BusiCocoEvaluator(class_names=["benign", "malignant"], annotation_file=None,
+                                  include_mask=False, per_category_metrics=False)
+    batch = _model_garden_batch(truth, detections)
+    evaluator.update_state(*tf.nest.map_structure(tf.convert_to_tensor, batch))
+    return evaluator.result()
+
+
+LESION_A, LESION_B = [10, 10, 40, 50], [50, 40, 90, 80]
+
+
+def test_validation_adds_model_card_metrics_to_model_garden_ones():
+    truth = [[(1, LESION_A)], [(2, LESION_B)], []]  # benign, malignant, normal image
+    perfect = _validate(truth, [[(1, 0.9, LESION_A)], [(2, 0.8, LESION_B)], []])
+    for key in ("AP50", "AP50_benign", "AP50_malignant", "AP50_lesion", "AUC_malignant_image", "target_mean"):
+        assert perfect[key] == pytest.approx(1.0), key
+
+    # Right places, swapped classes: the lesions are found, the classes are wrong.
+    swapped = _validate(truth, [[(2, 0.9, LESION_A)], [(1, 0.8, LESION_B)], []])
+    assert swapped["AP50_lesion"] == pytest.approx(1.0)
+    assert swapped["AP50"] == swapped["AP50_benign"] == swapped["AP50_malignant"] == pytest.approx(0.0)
+    # The malignant image scores 0, below the benign image (0.9), tied with the normal one.
+    assert swapped["AUC_malignant_image"] == pytest.approx(0.25)
+    assert swapped["target_mean"] == pytest.approx((1.0 + 0.0 + 0.25) / 3)
+
+
+def test_validation_without_a_malignant_image_still_ranks_checkpoints():
+    metrics = _validate([[(1, LESION_A)], []], [[(1, 0.9, LESION_A)], [(1, 0.4, LESION_B)]])
+    assert np.isnan(metrics["AP50_malignant"]) and np.isnan(metrics["AUC_malignant_image"])
+    assert metrics["target_mean"] == pytest.approx(1.0)  # lesion and benign AP, both defined

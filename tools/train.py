@@ -47,6 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from busdet.label_map import load_label_map
     from busdet.training import run  # TensorFlow import is slow: after argument parsing
 
     if not args.data.is_dir():
@@ -57,13 +58,14 @@ def main(args: argparse.Namespace) -> int:
                                   {"malignant": args.oversample_malignant}, args.seed,
                                   progress=lambda items: tqdm(items, desc="tfrecords", unit="image"))
         params = run.build_params(args.config, args.records, counts, args.init, args.params_override,
-                                  args.model_dir)
+                                  args.model_dir, class_names=list(load_label_map(args.label).values()))
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logging.info("examples per split: %s", counts)
     logs = run.train(params, args.model_dir)
-    logging.info("final evaluation: %s", {k: float(v) for k, v in (logs or {}).items() if k.startswith("AP")})
+    logging.info("final evaluation: %s", {k: float(v) for k, v in (logs or {}).items()
+                                              if k.startswith(("AP", "AUC", "target"))})
     return 0
 
 

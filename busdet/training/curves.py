@@ -3,7 +3,9 @@
     python tools/plot_training.py --runs runs/stage1_384 runs/stage2_640 --output docs/training_curves.png
 
 Reads the scalars Model Garden's trainer writes (``train/``: losses and learning
-rate; ``validation/``: loss and COCO AP/AP50) with TensorBoard's own reader.
+rate; ``validation/``: loss, COCO AP/AP50 and, in runs made since the validation
+evaluator reports them, per-class and class-agnostic AP50 and the malignancy AUC)
+with TensorBoard's own reader.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from tensorboard.util import tensor_util  # noqa: E402
 from busdet.images import atomic_write  # noqa: E402
 
 Series = Dict[str, List[Tuple[int, float]]]
+# Validation scalars drawn, with their legend: Model Garden's, then busdet.training.validation's.
+VALIDATION_CURVES = [("AP50", "mAP50 (benign, malignant)"), ("AP", "mAP@[.5:.95]"),
+                     ("AP50_lesion", "lesion AP50 (class-agnostic)"), ("AP50_benign", "benign AP50"),
+                     ("AP50_malignant", "malignant AP50"), ("AUC_malignant_image", "malignancy AUC")]
 
 
 def read_scalars(log_dir: Path) -> Series:
@@ -48,12 +54,12 @@ def plot_runs(run_dirs: Sequence[Path]) -> plt.Figure:
             if series.get(tag):
                 steps, values = zip(*series[tag])
                 losses.plot(steps, values, marker=".", label=label)
-        for tag in ("AP50", "AP"):
+        for tag, label in VALIDATION_CURVES:
             if validation.get(tag):
                 steps, values = zip(*validation[tag])
-                scores.plot(steps, values, marker="o", label=f"validation {tag}")
+                scores.plot(steps, values, marker="o", markersize=3, label=label)
         losses.set(title=run_dir.name, ylabel="loss")
-        scores.set(xlabel="step", ylabel="COCO AP (benign, malignant)", ylim=(0, 1))
+        scores.set(xlabel="step", ylabel="validation", ylim=(0, 1))
         for axis in (losses, scores):
             axis.grid(alpha=0.3)
             axis.legend(loc="best", fontsize="small")

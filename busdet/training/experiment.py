@@ -25,6 +25,8 @@ from official.common import dataset_fn as dataset_fn_lib
 from official.vision.dataloaders import input_reader, input_reader_factory, retinanet_input, tf_example_decoder
 from official.vision.tasks import retinanet as retinanet_task
 
+from busdet.training.validation import SELECTION_METRIC, BusiCocoEvaluator
+
 EXPERIMENT_NAME = "busi_retinanet_mobilenetv2"
 NUM_CLASSES = 3  # background, benign, malignant (ids from label_map.pbtxt)
 
@@ -51,6 +53,8 @@ class UltrasoundRetinaNetTaskConfig(retinanet_cfg.RetinaNetTask):
         default_factory=lambda: UltrasoundDataConfig(is_training=True))
     validation_data: UltrasoundDataConfig = dataclasses.field(
         default_factory=lambda: UltrasoundDataConfig(is_training=False))
+    # Label-map names in id order (1, 2, ...): validation reports AP per class by name.
+    class_names: List[str] = dataclasses.field(default_factory=lambda: ["benign", "malignant"])
 
 
 def apply_photometric(image: tf.Tensor, params: Photometric, seed: Optional[int] = None) -> tf.Tensor:
@@ -90,9 +94,20 @@ class UltrasoundParser(retinanet_input.Parser):
 class UltrasoundRetinaNetTask(retinanet_task.RetinaNetTask):
     """Model Garden's RetinaNet task reading TFRecords through :class:`UltrasoundParser`.
 
-    Only ``build_inputs`` differs: the base class builds its parser inline, so the
-    parser class cannot be swapped without rebuilding the (short) input chain.
+    ``build_inputs`` differs because the base class builds its parser inline, so the
+    parser class cannot be swapped without rebuilding the (short) input chain;
+    ``build_metrics`` swaps in :class:`busdet.training.validation.BusiCocoEvaluator`,
+    which adds the model card's metrics to Model Garden's COCO numbers.
     """
+
+    def build_metrics(self, training: bool = True):
+        metrics = super().build_metrics(training)
+        if not training and self.task_config.use_coco_metrics:
+            self.coco_metric = BusiCocoEvaluator(
+                class_names=self.task_config.class_names, annotation_file=self.task_config.annotation_file,
+                include_mask=False, per_category_metrics=False,
+                max_num_eval_detections=self.task_config.max_num_eval_detections)
+        return metrics
 
     def build_inputs(self, params: UltrasoundDataConfig, input_context=None):
         model = self.task_config.model
@@ -155,14 +170,13 @@ def busi_retinanet_mobilenetv2() -> cfg.ExperimentConfig:
                 photometric=Photometric()),
             validation_data=UltrasoundDataConfig(is_training=False, global_batch_size=4, dtype="float32",
                                                  drop_remainder=False),
-            per_category_metrics=True,
             init_checkpoint_modules="all",
             export_config=retinanet_cfg.ExportConfig(output_normalized_coordinates=True)),
         trainer=cfg.TrainerConfig(
             train_steps=2000, validation_steps=-1, validation_interval=100,
             steps_per_loop=100, summary_interval=100, checkpoint_interval=100,
             max_to_keep=2, best_checkpoint_export_subdir="best",
-            best_checkpoint_eval_metric="AP50", best_checkpoint_metric_comp="higher",
+            best_checkpoint_eval_metric=SELECTION_METRIC, best_checkpoint_metric_comp="higher",
             optimizer_config=optimization.OptimizationConfig({
                 "optimizer": {"type": "sgd", "sgd": {"momentum": 0.9}},
                 "learning_rate": {"type": "cosine", "cosine": {"initial_learning_rate": 0.04,

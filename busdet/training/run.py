@@ -58,12 +58,15 @@ def prepare_data(dataset_dir: Path, label_map_path: Path, split_path: Path, reco
 
 def build_params(config_files: Sequence[Path], records_dir: Path, counts: Dict[str, int],
                  init: str = "none", overrides: Optional[str] = None,
-                 model_dir: Optional[Path] = None) -> hyperparams.Config:
+                 model_dir: Optional[Path] = None,
+                 class_names: Optional[Sequence[str]] = None) -> hyperparams.Config:
     """The experiment config with the stage YAML files, data paths and ``init`` applied.
 
     ``init``: ``none`` (random), ``imagenet`` (Keras MobileNetV2 weights copied into
     a backbone checkpoint under ``model_dir``, see :mod:`busdet.training.imagenet`)
     or a checkpoint file or folder of an earlier run to start the whole model from.
+    ``class_names``: the label map's names in id order (validation names its metrics
+    by them); the experiment's benign/malignant when None.
     """
     params = exp_factory.get_exp_config(EXPERIMENT_NAME)
     for path in config_files:
@@ -71,6 +74,8 @@ def build_params(config_files: Sequence[Path], records_dir: Path, counts: Dict[s
     params = hyperparams.override_params_dict(params, {"task": {
         "train_data": {"input_path": str(records_dir / "train.tfrecord")},
         "validation_data": {"input_path": str(records_dir / "val.tfrecord")}}}, is_strict=True)
+    if class_names is not None:
+        params.task.class_names = list(class_names)
     if overrides:
         params = hyperparams.override_params_dict(params, overrides, is_strict=True)
     # Evaluate the whole validation split, whatever its size.

@@ -52,10 +52,14 @@ class AnnotatedImage:
 
 @dataclass(frozen=True)
 class Problem:
-    """A file that was skipped, and why, for the one-line report."""
+    """A file that was skipped (or, with ``skipped`` False, used but suspect), and why.
+
+    One line of the report; only skipped files make the converter's exit status 1.
+    """
 
     path: Path
     reason: str
+    skipped: bool = True
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
@@ -74,7 +78,8 @@ def find_cases(dataset_dir: Path) -> Tuple[List[Case], List[Problem]]:
     """Pairs every image in ``dataset_dir/CLASS/`` with its ``_mask*`` files.
 
     Returns the cases in a stable order (class, then file name) and the problems
-    found on the way (masks without an image).
+    found on the way (masks without an image; numbered masks without the first one,
+    a warning: the case is still converted).
     """
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
@@ -95,7 +100,14 @@ def find_cases(dataset_dir: Path) -> Tuple[List[Case], List[Problem]]:
             if stem not in images:
                 problems.extend(Problem(p, "mask without a matching image") for _, p in mask_list)
         for stem, image_path in images.items():
-            mask_paths = tuple(p for _, p in sorted(masks.get(stem, [])))
+            indexed = sorted(masks.get(stem, []))
+            if indexed and indexed[0][0] != 0:
+                # BUSI numbers extra masks from _1: without NAME_mask the lesion it
+                # outlined may be missing from the boxes. Convert what is there, but say so.
+                problems.append(Problem(image_path, f"has {indexed[0][1].name} but no {stem}_mask"
+                                        f"{indexed[0][1].suffix}; boxes come from the masks present",
+                                        skipped=False))
+            mask_paths = tuple(p for _, p in indexed)
             cases.append(Case(class_dir.name, image_path, mask_paths))
     return cases, problems
 

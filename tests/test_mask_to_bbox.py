@@ -365,3 +365,19 @@ def test_busi_counts_and_reference_rows(busi_rows):
     assert "benign (10).png,24,67,209,197,benign" in lines
     rows_98 = sorted(line for line in lines if line.startswith("benign (98).png,"))
     assert rows_98 == ["benign (98).png,0,156,551,263,benign", "benign (98).png,492,88,203,144,benign"]
+
+
+def test_numbered_masks_without_the_first_are_converted_with_a_warning(tmp_path, capsys):
+    image = np.full((40, 60), 90, np.uint8)
+    second = np.zeros((40, 60), np.uint8)
+    second[5:15, 30:50] = 255
+    image_path = save_case(tmp_path / "in" / "benign", "case", image, [Image.fromarray(second)] * 2)
+    (image_path.parent / "case_mask.png").unlink()  # leaves case_mask_1.png alone
+    output = tmp_path / "boxes.csv"
+
+    status, lines = run(capsys, "--input", tmp_path / "in", "--output", output)
+
+    assert status == 0 and not skipped_lines(lines)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and "case.png" in warnings[0] and "no case_mask.png" in warnings[0]
+    assert rows_of(output) == [["case.png", "30", "5", "20", "10", "benign"]]

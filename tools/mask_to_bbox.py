@@ -57,7 +57,8 @@ def main(args: argparse.Namespace) -> int:
         args.input, list(classes.values()), args.negative_class, args.min_area,
         progress=lambda cases: tqdm(cases, desc="masks", unit="image", file=sys.stderr))
     for problem in problems:
-        print(f"skipped {problem}", file=sys.stderr)
+        print(f"{'skipped' if problem.skipped else 'warning:'} {problem}", file=sys.stderr)
+    skipped = sum(problem.skipped for problem in problems)
     if args.format == "coco":
         annotations.write_coco(annotations.to_coco(images, classes), args.output)
     else:
@@ -67,8 +68,8 @@ def main(args: argparse.Namespace) -> int:
     negatives = sum(1 for image in images if not image.boxes)
     per_class = ", ".join(f"{name} {boxes.get(name, 0)}" for name in classes.values())
     print(f"{len(images)} images, {sum(boxes.values())} boxes ({per_class}), {negatives} without lesion, "
-          f"{len(problems)} skipped -> {args.output}", file=sys.stderr)
-    return 1 if problems else 0
+          f"{skipped} skipped -> {args.output}", file=sys.stderr)
+    return 1 if skipped else 0
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from busdet import inference
+from busdet import images, inference
 from busdet.boxes import above_threshold
 from busdet.downloads import (ImageResult, annotated_image, boxes_table, finding_line, image_downloads,
                               images_table, results_zip)
-from busdet.images import IMAGE_EXTENSIONS, ImageReadError, decode_image
+from busdet.images import IMAGE_EXTENSIONS, ImageReadError
 
 HERE = Path(__file__).resolve().parent
 MODEL_DIR = Path(os.environ.get("BUSDET_MODEL_DIR", HERE / "saved_model"))
@@ -50,6 +50,13 @@ def detect_all_boxes(_detector, model_dir: str, content_sha256: str, _image):
     return inference.timed_detect(_detector, _image)
 
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def decode_upload(content_sha256: str, name: str, _data: bytes):
+    """The decoded pixels, keyed by content hash: a slider move re-filters without decoding
+    again. Few entries: a decoded frame weighs far more than its file."""
+    return images.decode_image(_data, name)
+
+
 def inputs_ui():
     """Sidebar: uploaded files, or one demo image when nothing is uploaded -> [(name, bytes)]."""
     uploads = st.sidebar.file_uploader("Ultrasound images", accept_multiple_files=True,
@@ -79,7 +86,7 @@ def detect_ui(digests) -> bool:
 
 def analyse(detector, name: str, data: bytes, digest: str, score_threshold: float) -> ImageResult:
     try:
-        image = decode_image(data, name)
+        image = decode_upload(digest, name, data)
     except ImageReadError as error:
         return ImageResult(name, error=str(error))
     try:

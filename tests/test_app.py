@@ -13,7 +13,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from busdet import inference
+from busdet import images, inference
 from busdet.boxes import Box
 from busdet.images import encode_png
 
@@ -139,7 +139,10 @@ def test_demo_image_detect_shows_annotated_image_table_and_downloads(fake_model,
     assert fake_model.calls == 1
 
 
-def test_slider_changes_boxes_without_running_the_model_again(fake_model, demo_dir):
+def test_slider_changes_boxes_without_running_the_model_again(fake_model, demo_dir, monkeypatch):
+    decodes = []
+    real_decode = images.decode_image
+    monkeypatch.setattr(images, "decode_image", lambda data, name: decodes.append(name) or real_decode(data, name))
     at = press_detect(run_app())
     assert at.sidebar.slider[0].value == pytest.approx(0.7), "default is the model's operating point"
     assert len(at.dataframe[-1].value) == 1
@@ -149,6 +152,7 @@ def test_slider_changes_boxes_without_running_the_model_again(fake_model, demo_d
     assert len(at.dataframe[-1].value) == 0
     assert "no lesion above the threshold" in all_markdown(at)
     assert fake_model.calls == 1
+    assert len(decodes) == 1, "the image is decoded once, not on every slider move"
 
 
 def test_bad_file_is_named_and_the_others_still_run(fake_model):

@@ -43,6 +43,9 @@ EPILOG = """exit status:
   1    some images could not be read or written (their rows in images.csv say why)
   2    bad arguments, missing model or label map, or unsafe output folder (nothing was done)
   130  interrupted with Ctrl-C (the tables hold the images finished so far)
+
+predictions.csv and images.csv are saved every few seconds during the run, so even a
+killed run leaves the rows of the images it finished.
 """
 
 

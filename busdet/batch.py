@@ -10,6 +10,8 @@ under the same relative name, at the image's own resolution (boxes at or above
 the threshold, or a "no lesion" mark), one row in ``images.csv`` and one row per
 box in ``predictions.csv`` (geometry as ``tools/mask_to_bbox.py`` writes it).
 A file that cannot be read gets an ``error`` row; the others are still done.
+The tables hold every finished image at all times (rewritten atomically every few
+seconds and at the end), so a killed run keeps the rows of the images it did.
 
 Reading the next images and drawing/writing finished ones run in a small thread
 pool while the calling thread runs the model, one image at a time and in order
@@ -46,6 +48,9 @@ IMAGES_CSV = "images.csv"
 # enough to keep the model busy, few enough to bound memory on large frames.
 READ_AHEAD = 3
 MAX_PENDING_WRITES = 4
+# The tables are rewritten (atomically) at most this often during a run, so that a
+# hard kill or a power cut loses only the last few seconds of rows.
+TABLE_SAVE_SECONDS = 5.0
 
 
 class BatchSetupError(ValueError):
@@ -227,7 +232,8 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
       The outcomes of the images finished; ``interrupted`` is True after a
       KeyboardInterrupt, which is not re-raised (the tables are written first).
     """
-    start = time.perf_counter()
+    start = last_save = time.perf_counter()
+    saved = False  # tables written by this run already (so they may be replaced)
     done: Dict[int, ImageOutcome] = {}
     writes: Dict[int, Tuple[ImageOutcome, Future]] = {}
     interrupted = False
@@ -245,6 +251,9 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
                 writes[index] = (outcome, pool.submit(_draw_and_write, image, outcome.boxes,
                                                       plan.output_path(relative), plan.overwrite))
             _finish_writes(writes, done, plan, keep_pending=MAX_PENDING_WRITES)
+            if time.perf_counter() - last_save >= TABLE_SAVE_SECONDS:
+                write_tables(_result_so_far(plan, done, start), replace=saved)
+                saved, last_save = True, time.perf_counter()
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -254,9 +263,14 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
             read.cancel()
         pool.shutdown(wait=True)
         _finish_writes(writes, done, plan, keep_pending=0)
-        result = BatchResult(plan, [done[i] for i in sorted(done)], time.perf_counter() - start, interrupted)
-        write_tables(result)
+        result = _result_so_far(plan, done, start, interrupted)
+        write_tables(result, replace=saved)
     return result
+
+
+def _result_so_far(plan: BatchPlan, done: Dict[int, ImageOutcome], start: float,
+                   interrupted: bool = False) -> BatchResult:
+    return BatchResult(plan, [done[i] for i in sorted(done)], time.perf_counter() - start, interrupted)
 
 
 def _finish_writes(writes: Dict[int, Tuple[ImageOutcome, Future]], done: Dict[int, ImageOutcome],
@@ -285,12 +299,17 @@ def tables_from_outcomes(outcomes: List[ImageOutcome]) -> Tuple[pd.DataFrame, pd
     return predictions, images
 
 
-def write_tables(result: BatchResult) -> None:
-    """Writes ``predictions.csv`` and ``images.csv`` atomically into the output folder."""
+def write_tables(result: BatchResult, replace: bool = False) -> None:
+    """Writes ``predictions.csv`` and ``images.csv`` atomically into the output folder.
+
+    ``replace``: the run itself wrote them before (an in-run save), so they may be replaced
+    even without ``--overwrite``.
+    """
     predictions, images = tables_from_outcomes(result.outcomes)
     predictions_path, images_path = result.plan.tables
-    write_csv(predictions, predictions_path, overwrite=result.plan.overwrite)
-    write_csv(images, images_path, overwrite=result.plan.overwrite)
+    overwrite = result.plan.overwrite or replace
+    write_csv(predictions, predictions_path, overwrite=overwrite)
+    write_csv(images, images_path, overwrite=overwrite)
 
 
 def format_summary(result: BatchResult, load_seconds: float) -> str:

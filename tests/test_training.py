@@ -78,6 +78,8 @@ def test_keras_mobilenetv2_weights_copy_into_model_garden_backbone():
 def test_smoke_training_exports_a_model_that_reloads_and_predicts(smoke_model, label_map_path):
     info = json.loads((smoke_model / MODEL_INFO_FILE).read_text())
     assert info["input_size"] == [256, 256] and info["classes"] == {"1": "benign", "2": "malignant"}
+    assert info["class_agnostic_nms"] is True and info["nms_iou_threshold"] == pytest.approx(0.6)
+    assert "/run/ckpt-" in info["checkpoint"]  # names the run, not only the checkpoint file
     detector = load_detector(smoke_model, label_map_path)
     assert detector.score_threshold == pytest.approx(0.05)
     image = np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8)
@@ -180,3 +182,11 @@ def test_validation_without_a_malignant_image_still_ranks_checkpoints():
     metrics = _validate([[(1, LESION_A)], []], [[(1, 0.9, LESION_A)], [(1, 0.4, LESION_B)]])
     assert np.isnan(metrics["AP50_malignant"]) and np.isnan(metrics["AUC_malignant_image"])
     assert metrics["target_mean"] == pytest.approx(1.0)  # lesion and benign AP, both defined
+
+
+@pytest.mark.parametrize("chosen, stored", [(0.23526, 0.2352), (0.2353, 0.2353), (0.5, 0.5), (0.99999, 0.9999)])
+def test_stored_threshold_never_rounds_up_past_the_chosen_box(chosen, stored):
+    from busdet.training.measure import stored_threshold
+
+    assert stored_threshold(chosen) == pytest.approx(stored)
+    assert stored_threshold(chosen) <= chosen

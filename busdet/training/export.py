@@ -55,8 +55,11 @@ def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: 
             input_type="image_tensor", batch_size=1, input_image_size=[height, width], params=params,
             checkpoint_path=checkpoint_path, export_dir=str(staging))
         info = {"input_size": [height, width], "classes": {str(k): v for k, v in classes.items()},
-                "score_threshold": score_threshold, "checkpoint": Path(checkpoint_path).name,
-                "class_agnostic_nms": bool(params.task.model.detection_generator.use_class_agnostic_nms)}
+                "score_threshold": score_threshold,
+                # The run folder too: "best_ckpt-30" alone does not say which stage it came from.
+                "checkpoint": "/".join(Path(checkpoint_path).parts[-3:]),
+                "class_agnostic_nms": bool(params.task.model.detection_generator.use_class_agnostic_nms),
+                "nms_iou_threshold": float(params.task.model.detection_generator.nms_iou_threshold)}
         info.update(extra_info or {})
         (staging / MODEL_INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
         if output_dir.exists():

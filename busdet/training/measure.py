@@ -10,6 +10,7 @@ The test split is looked at only to report, never to choose.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -23,6 +24,12 @@ from busdet.training.data import read_split_csv
 log = logging.getLogger(__name__)
 
 THRESHOLD_RULE = "highest score threshold keeping class-agnostic lesion recall >= {:.2f} on the validation split"
+
+
+def stored_threshold(threshold: float) -> float:
+    """``threshold`` cut (never rounded up) to 4 decimals: a box scoring exactly the
+    chosen threshold must stay above the stored one, or the recall the rule kept is lost."""
+    return math.floor(float(threshold) * 1e4 + 1e-9) / 1e4
 
 
 def predict_images(detector: Detector, images: List[AnnotatedImage], progress=lambda items: items) -> Dict[str, List[Box]]:
@@ -57,7 +64,7 @@ def measure_model(detector: Detector, dataset_dir: Path, split_path: Path, repor
     if threshold is None:
         log.warning("lesion recall %.2f is out of reach on val: keeping the model's threshold", target_recall)
         threshold = detector.score_threshold
-    summary["score_threshold"] = round(float(threshold), 4)
+    summary["score_threshold"] = stored_threshold(threshold)
     for name, (truth, labels, predictions) in results.items():
         evaluation = compute_evaluation(truth, labels, predictions, summary["score_threshold"],
                                         classes=list(detector.classes.values()))

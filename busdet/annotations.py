@@ -64,6 +64,11 @@ class Problem:
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
 
+    @property
+    def report_line(self) -> str:
+        """The line every tool prints or logs for it: ``skipped PATH: why`` or ``warning: PATH: why``."""
+        return f"{'skipped' if self.skipped else 'warning:'} {self}"
+
 
 @dataclass(frozen=True)
 class Case:

@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         args.input, list(classes.values()), args.negative_class, args.min_area,
         progress=lambda cases: tqdm(cases, desc="masks", unit="image", file=sys.stderr))
     for problem in problems:
-        print(f"{'skipped' if problem.skipped else 'warning:'} {problem}", file=sys.stderr)
+        print(problem.report_line, file=sys.stderr)
     skipped = sum(problem.skipped for problem in problems)
     if args.format == "coco":
         annotations.write_coco(annotations.to_coco(images, classes), args.output)

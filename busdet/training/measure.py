@@ -53,7 +53,7 @@ def measure_model(detector: Detector, dataset_dir: Path, split_path: Path, repor
     """
     images, problems = annotate_dataset(dataset_dir, list(detector.classes.values()))
     for problem in problems:
-        log.warning("%s %s", "skipped" if problem.skipped else "note:", problem)
+        log.warning("%s", problem.report_line)
     split = read_split_csv(split_path)
     summary = {"threshold_rule": THRESHOLD_RULE.format(target_recall)}
     results = {}

@@ -35,7 +35,7 @@ def prepare_data(dataset_dir: Path, label_map_path: Path, split_path: Path, reco
     classes = load_label_map(label_map_path)
     images, problems = annotate_dataset(dataset_dir, list(classes.values()))
     for problem in problems:
-        log.warning("%s %s", "skipped" if problem.skipped else "note:", problem)
+        log.warning("%s", problem.report_line)
     if split_path.exists():
         split = data.read_split_csv(split_path)
     else:

@@ -22,9 +22,9 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 from official.vision.evaluation import coco_evaluator, coco_utils
 
-from busdet.annotations import DEFAULT_NEGATIVE_CLASS
+from busdet.annotations import DEFAULT_NEGATIVE_CLASS, image_label
 from busdet.boxes import Box, box_from_xywh
-from busdet.evaluation.metrics import MALIGNANT, compute_evaluation
+from busdet.evaluation.metrics import compute_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +58,15 @@ def predictions_from_coco(annotations: Sequence[Mapping], class_names: Sequence[
     return predictions
 
 
-def image_label(boxes: Sequence[Box]) -> str:
-    """BUSI's image class from its boxes: malignant if any box is, normal without boxes."""
-    if any(box.label == MALIGNANT for box in boxes):
-        return MALIGNANT
-    return boxes[0].label if boxes else DEFAULT_NEGATIVE_CLASS
-
-
 def model_card_metrics(truth: BoxesById, predictions: BoxesById,
                        class_names: Sequence[str]) -> Dict[str, float]:
     """The extra metrics (NaN when undefined, e.g. no malignant image) and ``target_mean``."""
     names = {image_id: str(image_id) for image_id in truth}
     evaluation = compute_evaluation(
         {names[i]: boxes for i, boxes in truth.items()},
-        {names[i]: image_label(boxes) for i, boxes in truth.items()},
+        # The image class as the annotation CSV reader derives it; no box: a normal image.
+        {names[i]: image_label([b.label for b in boxes]) if boxes else DEFAULT_NEGATIVE_CLASS
+         for i, boxes in truth.items()},
         {names[i]: boxes for i, boxes in predictions.items() if i in names},
         classes=class_names)
     values = {key: evaluation.metrics.get(key) for key in (*EXTRA_METRICS, "mAP50")}

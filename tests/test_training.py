@@ -44,7 +44,7 @@ def test_tf_example_holds_normalized_boxes_and_label_map_ids(tmp_path):
     path = tmp_path / "a.png"
     Image.fromarray(np.full((50, 100), 128, np.uint8)).save(path)
     image = AnnotatedImage("a.png", path, "malignant", 100, 50, [Box(10, 5, 30, 25, "malignant")])
-    example = data.build_tf_example(image, 7, {"benign": 1, "malignant": 2})
+    example = data.build_tf_example(read_image(path), image.boxes, 7, {"benign": 1, "malignant": 2})
     feature = example.features.feature
     assert feature["image/source_id"].bytes_list.value == [b"7"]
     assert feature["image/object/class/label"].int64_list.value == [2]
@@ -96,7 +96,7 @@ def test_measure_model_picks_threshold_on_val_and_reports_test(smoke_model, labe
 
     detector = load_detector(smoke_model, label_map_path)
     work = smoke_model.parent
-    summary = measure_model(detector, work / "phantoms", work / "split.csv", tmp_path)
+    summary = measure_model(detector, work / "centre_a", work / "centre_a_split.csv", tmp_path)
     assert set(summary) == {"threshold_rule", "score_threshold", "val", "test"}
     assert 0.0 <= summary["score_threshold"] <= 1.0
     assert summary["test"]["threshold"] == summary["score_threshold"]

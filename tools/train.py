@@ -1,11 +1,15 @@
 #!/usr/bin/env python
-"""Train the detector (RetinaNet + MobileNetV2, Model Garden) on a BUSI-layout dataset.
+"""Train the detector (RetinaNet + MobileNetV2, Model Garden) on one or more BUSI-layout datasets.
 
-    python tools/train.py --data ../shared/busi/Dataset_BUSI_with_GT \\
-        --config configs/stage1_384.yaml --model-dir runs/stage1_384
-    python tools/train.py --data ../shared/busi/Dataset_BUSI_with_GT \\
-        --config configs/stage2_640.yaml --model-dir runs/stage2_640 --init runs/stage1_384
+    python tools/train.py --data busi=../shared/busi/Dataset_BUSI_with_GT \\
+        --data busbra=../shared/busbra/BUS-BRA --config configs/v2_stage1_256.yaml --model-dir runs/v2_256
+    python tools/train.py --data mine=/path/to/my_dataset --config configs/stage2_640.yaml \\
+        --model-dir runs/mine --init runs/stage3_640/best
 
+Each --data is NAME=FOLDER (one sub-folder per class, NAME.png beside NAME_mask.png);
+its split is data/NAME_split.csv, made (stratified by class, grouped by patient when
+the folder has BUS-BRA's bus_data.csv) and written there the first time.
+How often each dataset and class is drawn is set in the config (task.train_data.sampling).
 Run the same command again to resume from the latest checkpoint in --model-dir.
 TensorBoard logs go to --model-dir; the resolved config to --model-dir/params.yaml.
 Exit status: 0 done, 1 training failed, 2 bad arguments or data.
@@ -26,23 +30,37 @@ from tqdm import tqdm  # noqa: E402
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, type=Path, help="dataset folder, one sub-folder per class")
+    parser.add_argument("--data", required=True, action="append", metavar="NAME=FOLDER",
+                        help="a dataset: its name and folder, one sub-folder per class (repeatable)")
     parser.add_argument("--config", required=True, type=Path, action="append",
                         help="stage YAML overriding the registered experiment (repeatable)")
     parser.add_argument("--model-dir", required=True, type=Path, help="checkpoints and logs (resumed if present)")
     parser.add_argument("--init", default="none",
                         help="none (random), imagenet (Keras MobileNetV2 weights; needs them cached "
                              "or a network), or a checkpoint file/folder (default: none)")
-    parser.add_argument("--split", type=Path, default=ROOT / "data" / "busi_split.csv",
-                        help="filename,label,split CSV; made with --seed if missing (default: %(default)s)")
+    parser.add_argument("--splits", type=Path, default=ROOT / "data",
+                        help="folder of the NAME_split.csv files (filename,label,split); a missing one is "
+                             "made with --seed (default: %(default)s)")
     parser.add_argument("--records", type=Path, default=ROOT / "work" / "records",
                         help="where TFRecords are written (default: %(default)s)")
     parser.add_argument("--label", type=Path, default=ROOT / "label_map.pbtxt", help="label map")
-    parser.add_argument("--oversample-malignant", type=int, default=2,
-                        help="repeat malignant training images this many times (default: %(default)s)")
+    parser.add_argument("--no-background-crops", dest="background_crops", action="store_false",
+                        help="do not cut lesion-free crops beside training lesions as extra negatives")
     parser.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
     parser.add_argument("--params-override", default=None, help="extra YAML/JSON string of overrides")
     return parser
+
+
+def parse_dataset(value: str, splits_dir: Path):
+    """``NAME=FOLDER`` -> a DatasetSpec whose split is ``splits_dir/NAME_split.csv``."""
+    from busdet.training.run import DatasetSpec
+
+    name, sep, folder = value.partition("=")
+    if not sep or not name.isidentifier() or not folder:
+        raise ValueError(f"--data {value}: expected NAME=FOLDER, e.g. busi=../shared/busi/Dataset_BUSI_with_GT")
+    if not Path(folder).is_dir():
+        raise ValueError(f"--data {value}: {folder} is not a folder")
+    return DatasetSpec(name, Path(folder), splits_dir / f"{name}_split.csv")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -50,12 +68,9 @@ def main(args: argparse.Namespace) -> int:
     from busdet.label_map import load_label_map
     from busdet.training import run  # TensorFlow import is slow: after argument parsing
 
-    if not args.data.is_dir():
-        print(f"error: --data {args.data}: not a folder", file=sys.stderr)
-        return 2
     try:
-        counts = run.prepare_data(args.data, args.label, args.split, args.records,
-                                  {"malignant": args.oversample_malignant}, args.seed,
+        datasets = [parse_dataset(value, args.splits) for value in args.data]
+        counts = run.prepare_data(datasets, args.label, args.records, args.seed, args.background_crops,
                                   progress=lambda items: tqdm(items, desc="tfrecords", unit="image"))
         params = run.build_params(args.config, args.records, counts, args.init, args.params_override,
                                   args.model_dir, class_names=list(load_label_map(args.label).values()))

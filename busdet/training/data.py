@@ -1,26 +1,35 @@
-"""Training data: a stratified split committed as file names, and TFRecords.
+"""Training data: a committed split per dataset (file names only), and TFRecords per source.
 
-    split = build_split(images, seed=0)            # {filename: "train"|"val"|"test"}
-    write_tfrecords(images, split, classes, out)   # out/train.tfrecord, val..., test...
+    split = build_split(images, seed=0, groups=read_patient_groups(dataset_dir))
+    counts = write_tfrecords(images, split, classes, out, dataset_index=0)
+    # out/train_benign.tfrecord, train_malignant..., train_normal..., train_background...,
+    # out/val.tfrecord, out/test.tfrecord
+
+Training examples are written once per *source* (a class of one dataset, or the
+lesion-free crops cut beside its lesions) so that Model Garden's weighted sampling
+(``input_path`` and ``weights`` as dicts) sets every ratio with one number, instead
+of copying records (see :mod:`busdet.training.sampling`).
 
 Examples are Model Garden tf.Examples built with its ``TfExampleBuilder``
 (``image/encoded`` PNG, ``image/object/bbox/*`` normalized, ``image/object/class/label``
 from the label map). Negative images are written without boxes so that the
-model learns to stay silent on them.
+model learns to stay silent on them. ``image/source_id`` is
+``dataset_index * SOURCE_ID_STRIDE + k``: validation tells the datasets apart by it.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 from official.vision.data import tf_example_builder
 
-from busdet.annotations import AnnotatedImage
+from busdet.annotations import DEFAULT_NEGATIVE_CLASS, AnnotatedImage
+from busdet.boxes import Box
 from busdet.images import atomic_write, read_image
 from busdet.label_map import name_to_id
 
@@ -28,32 +37,61 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
+SOURCE_ID_STRIDE = 1_000_000
+BACKGROUND_SOURCE = "background"  # lesion-free crops cut beside the lesions of training images
+# BUS-BRA's table: one row per image (ID = file stem) naming its patient (Case).
+PATIENT_TABLE = "bus_data.csv"
+
+
+def read_patient_groups(dataset_dir: Path) -> Dict[str, str]:
+    """``{filename: patient}`` from the dataset's ``bus_data.csv`` (BUS-BRA's ``ID``, ``Case``).
+
+    Empty when the dataset has no such table (BUSI): every image is then its own group.
+    """
+    table_path = Path(dataset_dir) / PATIENT_TABLE
+    if not table_path.is_file():
+        return {}
+    table = pd.read_csv(table_path, dtype=str, usecols=["ID", "Case"])
+    return {f"{image_id}.png": case for image_id, case in zip(table["ID"], table["Case"])}
 
 
 def build_split(images: Sequence[AnnotatedImage], seed: int = 0,
-                fractions: Dict[str, float] = DEFAULT_FRACTIONS) -> Dict[str, str]:
-    """Assigns every image to train/val/test, stratified by its class folder.
+                fractions: Dict[str, float] = DEFAULT_FRACTIONS,
+                groups: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """Assigns every image to train/val/test, stratified by class and grouped by patient.
 
+    All images of one group (``groups[filename]``, e.g. a patient's views of one lesion)
+    land in the same split, so a test score never measures memory of a patient; images
+    without a group are their own. A group's class is its first image's (by name).
     Deterministic for a given seed and set of file names (the input order does not matter).
     """
-    rng = np.random.default_rng(seed)
-    by_label: Dict[str, List[str]] = {}
+    groups = groups or {}
+    members: Dict[str, List[str]] = {}
+    group_label: Dict[str, str] = {}
     for image in sorted(images, key=lambda i: i.filename):
-        by_label.setdefault(image.label, []).append(image.filename)
+        key = groups.get(image.filename, image.filename)
+        members.setdefault(key, []).append(image.filename)
+        group_label.setdefault(key, image.label)
+    rng = np.random.default_rng(seed)
     split = {}
-    for label in sorted(by_label):
-        names = list(rng.permutation(by_label[label]))
-        n_val = int(round(len(names) * fractions["val"]))
-        n_test = int(round(len(names) * fractions["test"]))
-        for i, name in enumerate(names):
-            split[name] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+    for label in sorted(set(group_label.values())):
+        keys = list(rng.permutation(sorted(k for k, v in group_label.items() if v == label)))
+        n_val = int(round(len(keys) * fractions["val"]))
+        n_test = int(round(len(keys) * fractions["test"]))
+        for i, key in enumerate(keys):
+            for name in members[key]:
+                split[name] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
     return split
 
 
-def write_split_csv(split: Dict[str, str], labels: Dict[str, str], path: Path) -> None:
-    """Writes ``filename,label,split`` (file names only, never pixels)."""
+def write_split_csv(split: Dict[str, str], labels: Dict[str, str], path: Path,
+                    groups: Optional[Mapping[str, str]] = None) -> None:
+    """Writes ``filename,label,split`` (file names only, never pixels), plus ``patient`` when grouped."""
     frame = pd.DataFrame({"filename": list(split), "label": [labels[n] for n in split],
-                          "split": list(split.values())}).sort_values(["split", "label", "filename"])
+                          "split": list(split.values())})
+    if groups:
+        frame["patient"] = [groups.get(name, "") for name in split]
+    frame = frame.sort_values(["split", "label", "filename"])
     with atomic_write(path, "w") as stream:
         frame.to_csv(stream, index=False, lineterminator="\n")
 
@@ -64,49 +102,91 @@ def read_split_csv(path: Path) -> Dict[str, str]:
     return dict(zip(frame["filename"], frame["split"]))
 
 
-def build_tf_example(image: AnnotatedImage, source_id: int, class_ids: Dict[str, int]) -> tf.train.Example:
-    """One annotated image -> Model Garden detection tf.Example.
+def build_tf_example(pixels: np.ndarray, boxes: Sequence[Box], source_id: int,
+                     class_ids: Dict[str, int]) -> tf.train.Example:
+    """An RGB image ``[H, W, 3]`` uint8 and its pixel-corner boxes -> Model Garden detection tf.Example.
 
     ``source_id`` is numeric because the COCO evaluator uses it as the image id.
     """
-    pixels = read_image(image.path)
     height, width = pixels.shape[:2]
     builder = tf_example_builder.TfExampleBuilder()
     builder.add_image_matrix_feature(pixels, "PNG", image_source_id=str(source_id).encode())
     builder.add_boxes_feature(
-        xmins=[b.xmin / width for b in image.boxes], xmaxs=[b.xmax / width for b in image.boxes],
-        ymins=[b.ymin / height for b in image.boxes], ymaxs=[b.ymax / height for b in image.boxes],
-        labels=[class_ids[b.label] for b in image.boxes])
-    builder.add_ints_feature("image/object/is_crowd", [0] * len(image.boxes))
-    builder.add_floats_feature("image/object/area", [b.area for b in image.boxes])
+        xmins=[b.xmin / width for b in boxes], xmaxs=[b.xmax / width for b in boxes],
+        ymins=[b.ymin / height for b in boxes], ymaxs=[b.ymax / height for b in boxes],
+        labels=[class_ids[b.label] for b in boxes])
+    builder.add_ints_feature("image/object/is_crowd", [0] * len(boxes))
+    builder.add_floats_feature("image/object/area", [b.area for b in boxes])
     return builder.example
 
 
-def write_tfrecords(images: Sequence[AnnotatedImage], split: Dict[str, str], classes: Dict[int, str],
-                    output_dir: Path, oversample: Dict[str, int] | None = None,
-                    progress=lambda items: items) -> Dict[str, int]:
-    """Writes ``output_dir/{train,val,test}.tfrecord``; returns example counts per split.
+def lesion_free_crop(pixels: np.ndarray, boxes: Sequence[Box], margin: int = 8,
+                     min_fraction: float = 0.35) -> Optional[np.ndarray]:
+    """The largest strip of the image beside all its lesions (left, right, above or below), or None.
 
-    Args:
-      oversample: ``{class folder: times}`` to repeat training images of a class
-        (malignant lesions are a third of the boxes); val and test are never repeated.
+    The strip keeps ``margin`` pixels away from every box and must span at least
+    ``min_fraction`` of the image on its short side, so it still looks like a scan
+    rather than a sliver. A crop of ``[H, W, 3]``, or None when no strip is big enough.
     """
-    oversample = oversample or {}
+    height, width = pixels.shape[:2]
+    left = int(min(b.xmin for b in boxes)) - margin
+    right = int(np.ceil(max(b.xmax for b in boxes))) + margin
+    top = int(min(b.ymin for b in boxes)) - margin
+    bottom = int(np.ceil(max(b.ymax for b in boxes))) + margin
+    strips = {"left": (0, height, 0, left), "right": (0, height, right, width),
+              "above": (0, top, 0, width), "below": (bottom, height, 0, width)}
+    best, best_area = None, 0
+    for y0, y1, x0, x1 in strips.values():
+        h, w = y1 - y0, x1 - x0
+        if h >= min_fraction * height and w >= min_fraction * width and h * w > best_area:
+            best, best_area = (y0, y1, x0, x1), h * w
+    if best is None:
+        return None
+    y0, y1, x0, x1 = best
+    return pixels[y0:y1, x0:x1]
+
+
+def training_source(image: AnnotatedImage) -> str:
+    """The sampling source of a training image: its class folder (``benign``, ``normal``, ...)."""
+    return image.label
+
+
+def write_tfrecords(images: Sequence[AnnotatedImage], split: Dict[str, str], classes: Dict[int, str],
+                    output_dir: Path, dataset_index: int = 0, background_crops: bool = True,
+                    progress=lambda items: items) -> Dict[str, int]:
+    """Writes one dataset's records; returns the example count per record file stem.
+
+    Files: ``train_<source>.tfrecord`` for every class folder with training images and,
+    with ``background_crops``, ``train_background.tfrecord`` (:func:`lesion_free_crop`
+    of each training image with lesions); ``val.tfrecord`` and ``test.tfrecord``.
+    Counts are keyed by file stem, e.g. ``{"train_benign": 260, "val": 100, ...}``.
+    """
     class_ids = name_to_id(classes)
     output_dir.mkdir(parents=True, exist_ok=True)
     ordered = sorted(images, key=lambda i: i.filename)
-    source_ids = {image.filename: index + 1 for index, image in enumerate(ordered)}
-    counts = {}
-    for name in SPLITS:
-        members = [i for i in ordered if split.get(i.filename) == name]
-        if name == "train":
-            members = [i for i in members for _ in range(oversample.get(i.label, 1))]
-            members = [members[k] for k in np.random.default_rng(0).permutation(len(members))]
-        path = output_dir / f"{name}.tfrecord"
-        temp = path.with_suffix(".tfrecord.tmp")
-        with tf.io.TFRecordWriter(str(temp)) as writer:
-            for image in progress(members):
-                writer.write(build_tf_example(image, source_ids[image.filename], class_ids).SerializeToString())
-        temp.replace(path)
-        counts[name] = len(members)
+    source_ids = {image.filename: dataset_index * SOURCE_ID_STRIDE + k + 1 for k, image in enumerate(ordered)}
+    writers: Dict[str, tf.io.TFRecordWriter] = {}
+    counts: Dict[str, int] = {}
+
+    def write(stem: str, example: tf.train.Example) -> None:
+        if stem not in writers:
+            writers[stem] = tf.io.TFRecordWriter(str(output_dir / f"{stem}.tfrecord.tmp"))
+            counts[stem] = 0
+        writers[stem].write(example.SerializeToString())
+        counts[stem] += 1
+
+    # Shuffled once so that a source read in file order is not sorted by name.
+    order = np.random.default_rng(0).permutation(len(ordered))
+    for image in progress([ordered[k] for k in order if split.get(ordered[k].filename) in SPLITS]):
+        name = split[image.filename]
+        pixels = read_image(image.path)
+        stem = f"train_{training_source(image)}" if name == "train" else name
+        write(stem, build_tf_example(pixels, image.boxes, source_ids[image.filename], class_ids))
+        if name == "train" and background_crops and image.boxes:
+            crop = lesion_free_crop(pixels, image.boxes)
+            if crop is not None:
+                write(f"train_{BACKGROUND_SOURCE}", build_tf_example(crop, [], 0, class_ids))
+    for stem, writer in writers.items():
+        writer.close()
+        (output_dir / f"{stem}.tfrecord.tmp").replace(output_dir / f"{stem}.tfrecord")
     return counts

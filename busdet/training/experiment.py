@@ -25,6 +25,7 @@ from official.common import dataset_fn as dataset_fn_lib
 from official.vision.dataloaders import input_reader, input_reader_factory, retinanet_input, tf_example_decoder
 from official.vision.tasks import retinanet as retinanet_task
 
+from busdet.training.sampling import Sampling
 from busdet.training.validation import SELECTION_METRIC, BusiCocoEvaluator
 
 EXPERIMENT_NAME = "busi_retinanet_mobilenetv2"
@@ -45,6 +46,8 @@ class Photometric(hyperparams.Config):
 @dataclasses.dataclass
 class UltrasoundDataConfig(retinanet_cfg.DataConfig):
     photometric: Optional[Photometric] = None
+    # Resolved into Model Garden's ``input_path``/``weights`` dicts by busdet.training.run.
+    sampling: Sampling = dataclasses.field(default_factory=Sampling)
 
 
 @dataclasses.dataclass
@@ -55,6 +58,13 @@ class UltrasoundRetinaNetTaskConfig(retinanet_cfg.RetinaNetTask):
         default_factory=lambda: UltrasoundDataConfig(is_training=False))
     # Label-map names in id order (1, 2, ...): validation reports AP per class by name.
     class_names: List[str] = dataclasses.field(default_factory=lambda: ["benign", "malignant"])
+    # Training datasets in ``--data`` order: validation reports each one (``busi/AP50_lesion``)
+    # beside the pooled numbers, telling them apart by source id (data.SOURCE_ID_STRIDE).
+    dataset_names: List[str] = dataclasses.field(default_factory=list)
+    # Stop once the best checkpoint (trainer.best_checkpoint_eval_metric) is this many
+    # steps old: training ends when validation stops improving, not at a step count.
+    # 0: run to trainer.train_steps.
+    early_stop_patience_steps: int = 0
 
 
 def apply_photometric(image: tf.Tensor, params: Photometric, seed: Optional[int] = None) -> tf.Tensor:
@@ -104,7 +114,8 @@ class UltrasoundRetinaNetTask(retinanet_task.RetinaNetTask):
         metrics = super().build_metrics(training)
         if not training and self.task_config.use_coco_metrics:
             self.coco_metric = BusiCocoEvaluator(
-                class_names=self.task_config.class_names, annotation_file=self.task_config.annotation_file,
+                class_names=self.task_config.class_names, dataset_names=self.task_config.dataset_names,
+                annotation_file=self.task_config.annotation_file,
                 include_mask=False, per_category_metrics=False,
                 max_num_eval_detections=self.task_config.max_num_eval_detections)
         return metrics

@@ -7,6 +7,7 @@ folder (``--init`` only applies to a fresh folder).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -20,43 +21,70 @@ from busdet.annotations import annotate_dataset
 from busdet.label_map import load_label_map
 from busdet.training import data
 from busdet.training.experiment import EXPERIMENT_NAME
+from busdet.training.sampling import source_weights
 
 log = logging.getLogger(__name__)
 
 
-def prepare_data(dataset_dir: Path, label_map_path: Path, split_path: Path, records_dir: Path,
-                 oversample: Dict[str, int], seed: int = 0, progress=lambda items: items) -> Dict[str, int]:
-    """Annotates ``dataset_dir``, splits it (or reuses ``split_path``) and writes TFRecords.
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """One training dataset: its name (``busi``), folder (BUSI layout) and committed split CSV."""
 
-    Returns the example counts per split. Skips the work when ``records_dir`` already
-    holds records made from the same split and options (``manifest.json``).
+    name: str
+    path: Path
+    split_path: Path
+
+
+def prepare_data(datasets: Sequence[DatasetSpec], label_map_path: Path, records_dir: Path, seed: int = 0,
+                 background_crops: bool = True, progress=lambda items: items) -> Dict[str, Dict[str, int]]:
+    """Annotates, splits (or reuses each split CSV) and writes TFRecords for every dataset.
+
+    Records go to ``records_dir/<name>/``. Returns, per dataset name, the example count
+    per record file (``{"busi": {"train_benign": 260, "val": 100, ...}}``). A dataset's
+    work is skipped when its folder already holds records made from the same split and
+    options (``manifest.json``).
     """
-    manifest_path = records_dir / "manifest.json"
     classes = load_label_map(label_map_path)
-    images, problems = annotate_dataset(dataset_dir, list(classes.values()))
+    names = [spec.name for spec in datasets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--data: dataset names must differ, got {names}")
+    return {spec.name: _prepare_dataset(spec, index, classes, records_dir / spec.name, seed, background_crops,
+                                        progress)
+            for index, spec in enumerate(datasets)}
+
+
+def _prepare_dataset(spec: DatasetSpec, index: int, classes: Dict[int, str], records_dir: Path, seed: int,
+                     background_crops: bool, progress) -> Dict[str, int]:
+    images, problems = annotate_dataset(spec.path, list(classes.values()))
     for problem in problems:
         log.warning("%s", problem.report_line)
-    if split_path.exists():
-        split = data.read_split_csv(split_path)
+    if not images:
+        raise ValueError(f"{spec.path}: no annotated images (expected one folder per class: "
+                         f"{', '.join(classes.values())}, normal)")
+    if spec.split_path.exists():
+        split = data.read_split_csv(spec.split_path)
     else:
-        split = data.build_split(images, seed=seed)
-        data.write_split_csv(split, {i.filename: i.label for i in images}, split_path)
-        log.info("wrote a new split to %s", split_path)
+        groups = data.read_patient_groups(spec.path)
+        split = data.build_split(images, seed=seed, groups=groups)
+        data.write_split_csv(split, {i.filename: i.label for i in images}, spec.split_path, groups)
+        log.info("wrote a new split to %s", spec.split_path)
     missing = [i.filename for i in images if i.filename not in split]
     if missing:
-        raise ValueError(f"{split_path}: {len(missing)} images are in no split, e.g. {missing[0]}")
-    key = {"dataset": str(Path(dataset_dir).resolve()), "split": sorted(split.items()),
-           "oversample": oversample, "classes": classes}
+        raise ValueError(f"{spec.split_path}: {len(missing)} images are in no split, e.g. {missing[0]}")
+    key = {"dataset": str(Path(spec.path).resolve()), "index": index, "split": sorted(split.items()),
+           "background_crops": background_crops, "classes": classes, "format": 2}
+    manifest_path = records_dir / "manifest.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("key") == json.loads(json.dumps(key)):
             return manifest["counts"]
-    counts = data.write_tfrecords(images, split, classes, records_dir, oversample, progress)
+    counts = data.write_tfrecords(images, split, classes, records_dir, index, background_crops, progress)
     manifest_path.write_text(json.dumps({"key": key, "counts": counts}))
+    log.info("%s: examples per record file %s", spec.name, counts)
     return counts
 
 
-def build_params(config_files: Sequence[Path], records_dir: Path, counts: Dict[str, int],
+def build_params(config_files: Sequence[Path], records_dir: Path, counts: Dict[str, Dict[str, int]],
                  init: str = "none", overrides: Optional[str] = None,
                  model_dir: Optional[Path] = None,
                  class_names: Optional[Sequence[str]] = None) -> hyperparams.Config:
@@ -71,16 +99,18 @@ def build_params(config_files: Sequence[Path], records_dir: Path, counts: Dict[s
     params = exp_factory.get_exp_config(EXPERIMENT_NAME)
     for path in config_files:
         params = hyperparams.override_params_dict(params, str(path), is_strict=True)
-    params = hyperparams.override_params_dict(params, {"task": {
-        "train_data": {"input_path": str(records_dir / "train.tfrecord")},
-        "validation_data": {"input_path": str(records_dir / "val.tfrecord")}}}, is_strict=True)
-    if class_names is not None:
-        params.task.class_names = list(class_names)
     if overrides:
         params = hyperparams.override_params_dict(params, overrides, is_strict=True)
-    # Evaluate the whole validation split, whatever its size.
+    if class_names is not None:
+        params.task.class_names = list(class_names)
+    params = hyperparams.override_params_dict(params, {"task": {
+        "dataset_names": list(counts),
+        "train_data": _training_sources(params.task.train_data.sampling, records_dir, counts),
+        "validation_data": {"input_path": [str(records_dir / name / "val.tfrecord") for name in counts]}}},
+        is_strict=True)
+    # Evaluate the whole validation split of every dataset, whatever its size.
     val_batch = params.task.validation_data.global_batch_size
-    params.trainer.validation_steps = -(-counts["val"] // val_batch)
+    params.trainer.validation_steps = -(-sum(c.get("val", 0) for c in counts.values()) // val_batch)
     if init == "imagenet" and not _has_checkpoint(model_dir):
         from busdet.training.imagenet import build_backbone_checkpoint
         params.task.init_checkpoint = build_backbone_checkpoint(params, Path(model_dir) / "imagenet_init")
@@ -93,6 +123,20 @@ def build_params(config_files: Sequence[Path], records_dir: Path, counts: Dict[s
     params.validate()
     params.lock()
     return params
+
+
+def _training_sources(sampling, records_dir: Path, counts: Dict[str, Dict[str, int]]) -> dict:
+    """``input_path`` and ``weights`` dicts for Model Garden's weighted sampling of the sources."""
+    weights = source_weights(counts, sampling)
+    for key, weight in weights.items():
+        log.info("sampling %s: %.3f", key, weight)
+    paths = {}
+    for dataset, dataset_counts in counts.items():
+        for stem in dataset_counts:
+            key = f"{dataset}_{stem.removeprefix('train_')}"
+            if key in weights:
+                paths[key] = str(records_dir / dataset / f"{stem}.tfrecord")
+    return {"input_path": paths, "weights": weights}
 
 
 def load_run_params(model_dir: Path) -> hyperparams.Config:
@@ -108,13 +152,56 @@ def _has_checkpoint(model_dir: Optional[Path]) -> bool:
     return model_dir is not None and tf.train.latest_checkpoint(str(model_dir)) is not None
 
 
+class ValidationStalled(Exception):
+    """Raised by :class:`StopWhenValidationStalls` to end a run early."""
+
+
+class StopWhenValidationStalls:
+    """An Orbit eval action: stop when the best checkpoint is ``patience_steps`` old.
+
+    It reads the step of the best checkpoint from Model Garden's exporter
+    (``best/info.json``, written during the evaluation this action follows), so a
+    resumed run continues counting where it stopped.
+    """
+
+    def __init__(self, model_dir: Path, patience_steps: int, global_step: tf.Variable):
+        self._info_path = Path(model_dir) / "best" / "info.json"
+        self._patience_steps = patience_steps
+        self._global_step = global_step
+
+    def __call__(self, eval_output) -> None:
+        if not self._info_path.is_file():
+            return
+        best_step = int(json.loads(self._info_path.read_text())["best_ckpt_global_step"])
+        step = int(self._global_step.numpy())
+        if step - best_step >= self._patience_steps:
+            raise ValidationStalled(f"no better validation since step {best_step} (now {step}, "
+                                    f"patience {self._patience_steps} steps)")
+
+
 def train(params: hyperparams.Config, model_dir: Path) -> dict:
-    """Trains and evaluates (resuming from ``model_dir``); returns the last eval logs."""
+    """Trains and evaluates (resuming from ``model_dir``); returns the last eval logs.
+
+    With ``task.early_stop_patience_steps`` the run ends early once validation has not
+    improved for that many steps (the latest and the best checkpoints are kept).
+    """
     model_dir.mkdir(parents=True, exist_ok=True)
     train_utils.serialize_config(params, str(model_dir))
     strategy = tf.distribute.get_strategy()
     with strategy.scope():
         task = task_factory.get_task(params.task, logging_dir=str(model_dir))
-    _, logs = train_lib.run_experiment(distribution_strategy=strategy, task=task, mode="train_and_eval",
-                                       params=params, model_dir=str(model_dir))
+        trainer = train_utils.create_trainer(params, task, train=True, evaluate=True,
+                                             checkpoint_exporter=train_lib.maybe_create_best_ckpt_exporter(
+                                                 params, str(model_dir)))
+    eval_actions = []
+    if params.task.early_stop_patience_steps > 0:
+        eval_actions.append(StopWhenValidationStalls(model_dir, params.task.early_stop_patience_steps,
+                                                     trainer.global_step))
+    try:
+        _, logs = train_lib.run_experiment(distribution_strategy=strategy, task=task, mode="train_and_eval",
+                                           params=params, model_dir=str(model_dir), trainer=trainer,
+                                           eval_actions=eval_actions)
+    except ValidationStalled as stop:
+        log.info("stopped early: %s", stop)
+        return {}
     return logs

@@ -22,10 +22,13 @@ SMOKE_CONFIG = ROOT / "configs" / "smoke.yaml"
 def train_smoke_model(work_dir: Path, per_class: int = 6, seed: int = 0,
                       label_map_path: Path = ROOT / "label_map.pbtxt") -> Path:
     """Writes phantoms, trains a few steps, exports; returns the SavedModel folder."""
-    dataset = work_dir / "phantoms"
-    write_phantom_dataset(dataset, per_class, seed=seed)
+    # Two "centres" as in the shipped model's training: the second without normal images, like BUS-BRA.
+    datasets = [run.DatasetSpec("centre_a", work_dir / "centre_a", work_dir / "centre_a_split.csv"),
+                run.DatasetSpec("centre_b", work_dir / "centre_b", work_dir / "centre_b_split.csv")]
+    write_phantom_dataset(datasets[0].path, per_class, seed=seed)
+    write_phantom_dataset(datasets[1].path, {"benign": per_class, "malignant": per_class}, seed=seed + 1)
     records = work_dir / "records"
-    counts = run.prepare_data(dataset, label_map_path, work_dir / "split.csv", records, {"malignant": 2}, seed)
+    counts = run.prepare_data(datasets, label_map_path, records, seed)
     params = run.build_params([SMOKE_CONFIG], records, counts, model_dir=work_dir / "run")
     run.train(params, work_dir / "run")
     return export_saved_model(params, str(work_dir / "run"), work_dir / "saved_model",

@@ -12,6 +12,12 @@ the final report cannot disagree on a definition):
   ``AUC_malignant_image``;
 - ``target_mean``: the mean of the issue's three targets (lesion AP50, benign/malignant
   mAP50, malignancy AUC), the default metric for choosing the best checkpoint.
+
+These are computed on all validation images pooled; when the run trains on several
+datasets, the same numbers follow for each one under its name (``busi/AP50_lesion``,
+``busbra/target_mean``), telling the images apart by source id
+(:data:`busdet.training.data.SOURCE_ID_STRIDE`). The best checkpoint is chosen on
+the pooled ``target_mean``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from official.vision.evaluation import coco_evaluator, coco_utils
 from busdet.annotations import DEFAULT_NEGATIVE_CLASS, image_label
 from busdet.boxes import Box, box_from_xywh
 from busdet.evaluation.metrics import compute_evaluation
+from busdet.training.data import SOURCE_ID_STRIDE
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +83,36 @@ def model_card_metrics(truth: BoxesById, predictions: BoxesById,
     return values
 
 
-class BusiCocoEvaluator(coco_evaluator.COCOEvaluator):
-    """Model Garden's COCO evaluator plus :func:`model_card_metrics` (see the module doc)."""
+def split_by_dataset(boxes: BoxesById, dataset_names: Sequence[str]) -> Dict[str, BoxesById]:
+    """``{dataset name: its images' boxes}``, the dataset read off each image id."""
+    parts: Dict[str, BoxesById] = {name: {} for name in dataset_names}
+    for image_id, image_boxes in boxes.items():
+        index = image_id // SOURCE_ID_STRIDE
+        if index < len(dataset_names):
+            parts[dataset_names[index]][image_id] = image_boxes
+    return parts
 
-    def __init__(self, class_names: Sequence[str], **kwargs):
+
+def per_dataset_metrics(truth: BoxesById, predictions: BoxesById, class_names: Sequence[str],
+                        dataset_names: Sequence[str]) -> Dict[str, float]:
+    """The pooled :func:`model_card_metrics`, and with several datasets each one's, prefixed ``name/``."""
+    values = model_card_metrics(truth, predictions, class_names)
+    if len(dataset_names) > 1:
+        truth_parts = split_by_dataset(truth, dataset_names)
+        prediction_parts = split_by_dataset(predictions, dataset_names)
+        for name in dataset_names:
+            if truth_parts[name]:
+                part = model_card_metrics(truth_parts[name], prediction_parts[name], class_names)
+                values.update({f"{name}/{key}": value for key, value in part.items()})
+    return values
+
+
+class BusiCocoEvaluator(coco_evaluator.COCOEvaluator):
+    """Model Garden's COCO evaluator plus :func:`per_dataset_metrics` (see the module doc)."""
+
+    def __init__(self, class_names: Sequence[str], dataset_names: Sequence[str] = (), **kwargs):
         self._class_names = tuple(class_names)
+        self._dataset_names = tuple(dataset_names)
         super().__init__(**kwargs)
 
     def _boxes(self) -> Tuple[BoxesById, BoxesById]:
@@ -95,7 +127,7 @@ class BusiCocoEvaluator(coco_evaluator.COCOEvaluator):
     def evaluate(self):
         if self._annotation_file or not self._groundtruths:
             return super().evaluate()  # ground truth not accumulated here: nothing to add
-        extra = model_card_metrics(*self._boxes(), self._class_names)
+        extra = per_dataset_metrics(*self._boxes(), self._class_names, self._dataset_names)
         metrics = super().evaluate()
         log.info("validation: %s", ", ".join(f"{k} {v:.4f}" for k, v in extra.items()))
         metrics.update({key: np.float32(value) for key, value in extra.items() if key != "mAP50"})

@@ -1,0 +1,158 @@
+"""Two-centre training data: patient-grouped splits, per-source records, sampling weights,
+per-dataset validation and early stopping."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from busdet.annotations import AnnotatedImage
+from busdet.boxes import Box
+from busdet.phantoms import write_phantom_dataset
+from busdet.training import data, run, sampling, validation
+
+
+def _patients(n_benign, n_malignant, views=2):
+    """BUS-BRA-like images: ``bus_000k-v.png``, ``views`` per patient, one class per patient."""
+    images, groups = [], {}
+    for k in range(n_benign + n_malignant):
+        label = "benign" if k < n_benign else "malignant"
+        for view in "lrxyz"[:views]:
+            name = f"bus_{k:04d}-{view}.png"
+            images.append(AnnotatedImage(name, None, label, 10, 10))
+            groups[name] = str(k)
+    return images, groups
+
+
+def test_grouped_split_keeps_a_patients_views_together_and_is_stratified():
+    images, groups = _patients(60, 40)
+    split = data.build_split(images, seed=0, groups=groups)
+    by_patient = {}
+    for name, part in split.items():
+        by_patient.setdefault(groups[name], set()).add(part)
+    assert all(len(parts) == 1 for parts in by_patient.values())
+    for label, patients in {"benign": 60, "malignant": 40}.items():
+        parts = [split[i.filename] for i in images if i.label == label]
+        assert parts.count("val") == parts.count("test") == 2 * round(patients * 0.15)
+    assert split == data.build_split(list(reversed(images)), seed=0, groups=groups)
+
+
+def test_ungrouped_split_is_the_committed_busi_rule(tmp_path):
+    """Without groups every image is its own group: the BUSI split stays reproducible."""
+    images = [AnnotatedImage(f"benign ({i}).png", None, "benign", 10, 10) for i in range(20)]
+    assert data.build_split(images, seed=0) == data.build_split(images, seed=0, groups={})
+
+
+def test_patient_groups_come_from_bus_data_csv(tmp_path):
+    (tmp_path / "bus_data.csv").write_text("ID,Case,Device\nbus_0002-l,2,GE\nbus_0002-r,2,GE\nbus_0003-l,3,GE\n")
+    assert data.read_patient_groups(tmp_path) == {"bus_0002-l.png": "2", "bus_0002-r.png": "2",
+                                                  "bus_0003-l.png": "3"}
+    assert data.read_patient_groups(tmp_path / "nothing") == {}
+
+
+def test_split_csv_records_the_patient(tmp_path):
+    images, groups = _patients(3, 2)
+    split = data.build_split(images, groups=groups)
+    data.write_split_csv(split, {i.filename: i.label for i in images}, tmp_path / "s.csv", groups)
+    assert data.read_split_csv(tmp_path / "s.csv") == split
+    assert "patient" in (tmp_path / "s.csv").read_text().splitlines()[0]
+
+
+def test_lesion_free_crop_takes_the_largest_strip_beside_the_lesions():
+    pixels = np.arange(100 * 200, dtype=np.uint32).reshape(100, 200, 1).repeat(3, 2).astype(np.uint8)
+    crop = data.lesion_free_crop(pixels, [Box(20, 30, 60, 70, "benign")], margin=5)
+    assert crop.shape == (100, 135, 3)  # right of x=65
+    assert (crop == pixels[:, 65:]).all()
+    assert data.lesion_free_crop(pixels, [Box(10, 10, 190, 90, "benign")]) is None
+
+
+def test_records_are_written_per_source_with_dataset_source_ids(tmp_path, label_map_path):
+    from busdet.annotations import annotate_dataset
+    from busdet.label_map import load_label_map
+
+    write_phantom_dataset(tmp_path / "ds", 4, seed=1)
+    classes = load_label_map(label_map_path)
+    images, problems = annotate_dataset(tmp_path / "ds", list(classes.values()))
+    split = {i.filename: "val" if i.filename.endswith("(1).png") else "train" for i in images}
+    counts = data.write_tfrecords(images, split, classes, tmp_path / "rec", dataset_index=2)
+    assert counts["train_benign"] == counts["train_malignant"] == counts["train_normal"] == 3
+    assert counts["val"] == 3 and 0 < counts["train_background"] <= 6
+    ids = [int(tf.train.Example.FromString(r.numpy()).features.feature["image/source_id"].bytes_list.value[0])
+           for r in tf.data.TFRecordDataset(str(tmp_path / "rec" / "val.tfrecord"))]
+    assert all(i // data.SOURCE_ID_STRIDE == 2 for i in ids)
+    for record in tf.data.TFRecordDataset(str(tmp_path / "rec" / "train_background.tfrecord")):
+        boxes = tf.train.Example.FromString(record.numpy()).features.feature["image/object/bbox/xmin"]
+        assert len(boxes.float_list.value) == 0
+    assert not list((tmp_path / "rec").glob("*.tmp"))
+
+
+COUNTS = {"busi": {"train_benign": 260, "train_malignant": 124, "train_normal": 79,
+                   "train_background": 200, "val": 100},
+          "busbra": {"train_benign": 730, "train_malignant": 365, "train_background": 300, "val": 235}}
+
+
+def test_source_weights_set_each_ratio_with_one_number():
+    weights = sampling.source_weights(COUNTS, sampling.Sampling())
+    assert sum(weights.values()) == pytest.approx(1.0)
+    busi = {k: v for k, v in weights.items() if k.startswith("busi_")}
+    assert sum(busi.values()) == pytest.approx(0.5)  # equal dataset shares by default
+    assert busi["busi_normal"] + busi["busi_background"] == pytest.approx(0.5 * 0.3)
+    assert busi["busi_normal"] == pytest.approx(0.5 * 0.3 * 0.6)
+    assert weights["busbra_background"] == pytest.approx(0.5 * 0.3)  # no normals: crops only
+    # malignant drawn twice as often per image as benign
+    assert (busi["busi_malignant"] / 124) / (busi["busi_benign"] / 260) == pytest.approx(2.0)
+    config = sampling.Sampling(negative_fraction=0.0, malignant_boost=1.0)
+    config.override({"dataset_weights": {"busi": 3.0, "busbra": 1.0}}, is_strict=False)
+    weights = sampling.source_weights(COUNTS, config)
+    assert weights["busi_benign"] + weights["busi_malignant"] == pytest.approx(0.75)
+    assert "busi_normal" not in weights
+
+
+def test_source_weights_refuse_unknown_datasets():
+    config = sampling.Sampling()
+    config.override({"dataset_weights": {"other": 1.0}}, is_strict=False)
+    with pytest.raises(ValueError, match="other"):
+        sampling.source_weights(COUNTS, config)
+
+
+def test_build_params_samples_sources_and_validates_every_dataset(tmp_path):
+    from busdet.training.smoke import SMOKE_CONFIG
+
+    params = run.build_params([SMOKE_CONFIG], tmp_path, COUNTS)
+    train = params.task.train_data
+    assert train.input_path.as_dict()["busbra_background"] == str(tmp_path / "busbra" / "train_background.tfrecord")
+    assert set(train.input_path.as_dict()) == set(train.weights.as_dict())
+    assert params.task.validation_data.input_path == [str(tmp_path / "busi" / "val.tfrecord"),
+                                                      str(tmp_path / "busbra" / "val.tfrecord")]
+    assert params.task.dataset_names == ["busi", "busbra"]
+    assert params.trainer.validation_steps == -(-335 // params.task.validation_data.global_batch_size)
+
+
+def test_validation_reports_each_dataset_and_the_pool():
+    stride = data.SOURCE_ID_STRIDE
+    truth = {1: [Box(0, 0, 10, 10, "benign")], 2: [Box(0, 0, 10, 10, "malignant")], 3: [],
+             stride + 1: [Box(0, 0, 10, 10, "benign")], stride + 2: [Box(0, 0, 10, 10, "malignant")]}
+    hit = lambda label, score: [Box(0, 0, 10, 10, label, score)]  # noqa: E731
+    predictions = {1: hit("benign", 0.9), 2: hit("malignant", 0.8),
+                   stride + 1: [Box(50, 50, 60, 60, "benign", 0.9)], stride + 2: hit("benign", 0.7)}
+    values = validation.per_dataset_metrics(truth, predictions, ["benign", "malignant"], ["a", "b"])
+    assert values["a/AP50_lesion"] == pytest.approx(1.0)
+    assert values["b/AP50_lesion"] == pytest.approx(0.25, abs=0.01)  # a false box ranked above the hit
+    assert values["a/target_mean"] > values["target_mean"] > values["b/target_mean"]
+    assert "a/mAP50" in values
+    single = validation.per_dataset_metrics(truth, predictions, ["benign", "malignant"], ["a"])
+    assert not any("/" in key for key in single)
+
+
+def test_early_stop_action_stops_once_the_best_checkpoint_is_old(tmp_path):
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "info.json").write_text(json.dumps({"best_ckpt_global_step": 100.0}))
+    step = tf.Variable(250, dtype=tf.int64)
+    action = run.StopWhenValidationStalls(tmp_path, patience_steps=200, global_step=step)
+    action({})  # 150 steps since the best: go on
+    step.assign(300)
+    with pytest.raises(run.ValidationStalled, match="since step 100"):
+        action({})

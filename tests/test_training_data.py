@@ -156,3 +156,23 @@ def test_early_stop_action_stops_once_the_best_checkpoint_is_old(tmp_path):
     step.assign(300)
     with pytest.raises(run.ValidationStalled, match="since step 100"):
         action({})
+
+
+def test_parser_augments_before_model_garden_and_flips_first(tmp_path):
+    """With augmentation on, the parser's flip moves ahead of it and training examples still parse."""
+    from busdet.phantoms import generate_phantom
+    from busdet.training.augment import UltrasoundAugmentation
+    from busdet.training.experiment import UltrasoundParser
+
+    parser = UltrasoundParser(augmentation=UltrasoundAugmentation(probability=1.0), output_size=[128, 128],
+                              min_level=3, max_level=7, num_scales=2, aspect_ratios=[0.5, 1.0, 2.0],
+                              anchor_size=4.0, aug_rand_hflip=True)
+    assert parser._flip_before_augmentation and not parser._aug_rand_hflip
+    phantom = generate_phantom(3, "malignant", width=200, height=160)
+    example = data.build_tf_example(phantom.image, phantom.boxes, 1, {"benign": 1, "malignant": 2})
+    from official.vision.dataloaders import tf_example_decoder
+
+    decoded = tf_example_decoder.TfExampleDecoder().decode(tf.constant(example.SerializeToString()))
+    image, labels = parser.parse_fn(is_training=True)(decoded)
+    assert image.shape == (128, 128, 3) and bool(tf.reduce_all(tf.math.is_finite(image)))
+    assert sorted(labels["cls_targets"]) == ["3", "4", "5", "6", "7"]

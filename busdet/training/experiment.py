@@ -2,10 +2,12 @@
 
 Everything model-related is Model Garden's (``official.vision``): backbone, FPN
 decoder, RetinaNet head, anchors, focal/Huber losses, detection generator (NMS),
-COCO evaluator, orbit trainer. This module adds only what ultrasound needs on
-top: photometric augmentation (brightness, contrast, gamma, multiplicative
-speckle) applied to the decoded image before Model Garden's own parser does its
-flip, scale jitter, crop and anchor labelling.
+COCO evaluator, orbit trainer, weighted sampling of the training sources. This
+module adds only what ultrasound needs on top: augmentation for other scanners and
+clinics (:mod:`busdet.training.augment`: gain, TGC, speckle, blur, resolution,
+zoom-out, burned-in overlays) applied to the decoded image before Model Garden's
+own parser does its scale jitter, crop and anchor labelling, and validation in the
+model card's terms per dataset.
 
 Stage configs in ``configs/*.yaml`` override this base; see ``tools/train.py``.
 """
@@ -23,8 +25,10 @@ from official.vision.configs import backbones, common, decoders
 from official.vision.configs import retinanet as retinanet_cfg
 from official.common import dataset_fn as dataset_fn_lib
 from official.vision.dataloaders import input_reader, input_reader_factory, retinanet_input, tf_example_decoder
+from official.vision.ops import preprocess_ops
 from official.vision.tasks import retinanet as retinanet_task
 
+from busdet.training.augment import UltrasoundAugmentation, augment_ultrasound_tf
 from busdet.training.sampling import Sampling
 from busdet.training.validation import SELECTION_METRIC, BusiCocoEvaluator
 
@@ -45,7 +49,10 @@ class Photometric(hyperparams.Config):
 
 @dataclasses.dataclass
 class UltrasoundDataConfig(retinanet_cfg.DataConfig):
+    # The first model's intensity augmentation (kept so its runs reload); model v2 uses
+    # ``augmentation``, which covers it and adds scanners' and clinics' looks.
     photometric: Optional[Photometric] = None
+    augmentation: Optional[UltrasoundAugmentation] = None
     # Resolved into Model Garden's ``input_path``/``weights`` dicts by busdet.training.run.
     sampling: Sampling = dataclasses.field(default_factory=Sampling)
 
@@ -88,15 +95,33 @@ def apply_photometric(image: tf.Tensor, params: Photometric, seed: Optional[int]
 
 
 class UltrasoundParser(retinanet_input.Parser):
-    """Model Garden's RetinaNet parser with :func:`apply_photometric` first in training."""
+    """Model Garden's RetinaNet parser with ultrasound augmentation first in training.
 
-    def __init__(self, photometric: Optional[Photometric] = None, **kwargs):
+    :func:`apply_photometric` (the first model's) and/or
+    :func:`busdet.training.augment.augment_ultrasound_tf` (scanner looks, field of view,
+    burned-in overlays) run on the decoded image before the parser's own flip, scale
+    jitter, crop and anchor labelling. With ``augmentation`` the horizontal flip moves
+    ahead of it, so that burned-in text and pictograms are never mirrored.
+    """
+
+    def __init__(self, photometric: Optional[Photometric] = None,
+                 augmentation: Optional[UltrasoundAugmentation] = None, **kwargs):
         super().__init__(**kwargs)
         self._photometric = photometric
+        self._augmentation = augmentation
+        self._flip_before_augmentation = augmentation is not None and self._aug_rand_hflip
+        if self._flip_before_augmentation:
+            self._aug_rand_hflip = False
 
     def _parse_train_data(self, data, anchor_labeler=None, input_anchor=None):
+        image, boxes = data["image"], data["groundtruth_boxes"]
         if self._photometric is not None:
-            data = dict(data, image=apply_photometric(data["image"], self._photometric))
+            image = apply_photometric(image, self._photometric)
+        if self._augmentation is not None:
+            if self._flip_before_augmentation:
+                image, boxes, _ = preprocess_ops.random_horizontal_flip(image, boxes)
+            image, boxes = augment_ultrasound_tf(image, boxes, self._augmentation)
+        data = dict(data, image=image, groundtruth_boxes=boxes)
         return super()._parse_train_data(data, anchor_labeler, input_anchor)
 
 
@@ -126,6 +151,7 @@ class UltrasoundRetinaNetTask(retinanet_task.RetinaNetTask):
             regenerate_source_id=params.decoder.get().regenerate_source_id)
         parser = UltrasoundParser(
             photometric=params.photometric if params.is_training else None,
+            augmentation=params.augmentation if params.is_training else None,
             output_size=model.input_size[:2], min_level=model.min_level, max_level=model.max_level,
             num_scales=model.anchor.num_scales, aspect_ratios=model.anchor.aspect_ratios,
             anchor_size=model.anchor.anchor_size, dtype=params.dtype,
@@ -178,7 +204,7 @@ def busi_retinanet_mobilenetv2() -> cfg.ExperimentConfig:
             train_data=UltrasoundDataConfig(
                 is_training=True, global_batch_size=8, dtype="float32", shuffle_buffer_size=1000,
                 parser=retinanet_cfg.Parser(aug_rand_hflip=True, aug_scale_min=0.75, aug_scale_max=1.25),
-                photometric=Photometric()),
+                augmentation=UltrasoundAugmentation()),
             validation_data=UltrasoundDataConfig(is_training=False, global_batch_size=4, dtype="float32",
                                                  drop_remainder=False),
             init_checkpoint_modules="all",

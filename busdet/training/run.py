@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+import cv2
 import tensorflow as tf
 from official.core import exp_factory, task_factory, train_lib, train_utils
 from official.modeling import hyperparams
@@ -187,6 +188,9 @@ def train(params: hyperparams.Config, model_dir: Path) -> dict:
     """
     model_dir.mkdir(parents=True, exist_ok=True)
     train_utils.serialize_config(params, str(model_dir))
+    # Augmentation runs OpenCV inside tf.data's parallel map: one thread per call, or
+    # OpenCV's own pool competes with tf.data's and the model's for the same cores.
+    cv2.setNumThreads(1)
     strategy = tf.distribute.get_strategy()
     with strategy.scope():
         task = task_factory.get_task(params.task, logging_dir=str(model_dir))

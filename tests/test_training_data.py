@@ -176,3 +176,12 @@ def test_parser_augments_before_model_garden_and_flips_first(tmp_path):
     image, labels = parser.parse_fn(is_training=True)(decoded)
     assert image.shape == (128, 128, 3) and bool(tf.reduce_all(tf.math.is_finite(image)))
     assert sorted(labels["cls_targets"]) == ["3", "4", "5", "6", "7"]
+
+
+def test_a_run_that_stopped_early_is_not_resumed(tmp_path):
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "info.json").write_text(json.dumps({"best_ckpt_global_step": 500.0}))
+    assert run.validation_stalled(tmp_path, 1000, 1400) is None
+    assert "since step 500" in run.validation_stalled(tmp_path, 1000, 1500)
+    assert run.validation_stalled(tmp_path, 0, 10**6) is None  # patience 0: never stop
+    assert run.validation_stalled(tmp_path / "fresh", 1000, 5000) is None

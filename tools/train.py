@@ -3,7 +3,7 @@
 
     python tools/train.py --data busi=../shared/busi/Dataset_BUSI_with_GT \\
         --data busbra=../shared/busbra/BUS-BRA --config configs/v2_stage1_256.yaml --model-dir runs/v2_256
-    python tools/train.py --data mine=/path/to/my_dataset --config configs/stage2_640.yaml \\
+    python tools/train.py --data mine=/path/to/my_dataset --config configs/v2_stage2_640.yaml \\
         --model-dir runs/mine --init runs/stage3_640/best
 
 Each --data is NAME=FOLDER (one sub-folder per class, NAME.png beside NAME_mask.png);

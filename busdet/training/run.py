@@ -157,27 +157,38 @@ class ValidationStalled(Exception):
     """Raised by :class:`StopWhenValidationStalls` to end a run early."""
 
 
-class StopWhenValidationStalls:
-    """An Orbit eval action: stop when the best checkpoint is ``patience_steps`` old.
+def validation_stalled(model_dir: Path, patience_steps: int, step: int) -> Optional[str]:
+    """Why the run should stop, or None: the best checkpoint is ``patience_steps`` older than ``step``.
 
-    It reads the step of the best checkpoint from Model Garden's exporter
-    (``best/info.json``, written during the evaluation this action follows), so a
-    resumed run continues counting where it stopped.
+    Reads the best checkpoint's step from Model Garden's exporter (``best/info.json``),
+    so a resumed run goes on counting where it stopped.
     """
+    info_path = Path(model_dir) / "best" / "info.json"
+    if patience_steps <= 0 or not info_path.is_file():
+        return None
+    best_step = int(json.loads(info_path.read_text())["best_ckpt_global_step"])
+    if step - best_step < patience_steps:
+        return None
+    return f"no better validation since step {best_step} (now {step}, patience {patience_steps} steps)"
+
+
+class StopWhenValidationStalls:
+    """An Orbit eval action: raises :class:`ValidationStalled` once :func:`validation_stalled` says so."""
 
     def __init__(self, model_dir: Path, patience_steps: int, global_step: tf.Variable):
-        self._info_path = Path(model_dir) / "best" / "info.json"
+        self._model_dir = model_dir
         self._patience_steps = patience_steps
         self._global_step = global_step
 
     def __call__(self, eval_output) -> None:
-        if not self._info_path.is_file():
-            return
-        best_step = int(json.loads(self._info_path.read_text())["best_ckpt_global_step"])
-        step = int(self._global_step.numpy())
-        if step - best_step >= self._patience_steps:
-            raise ValidationStalled(f"no better validation since step {best_step} (now {step}, "
-                                    f"patience {self._patience_steps} steps)")
+        reason = validation_stalled(self._model_dir, self._patience_steps, int(self._global_step.numpy()))
+        if reason:
+            raise ValidationStalled(reason)
+
+
+def _latest_step(model_dir: Path) -> int:
+    latest = tf.train.latest_checkpoint(str(model_dir))
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
 def train(params: hyperparams.Config, model_dir: Path) -> dict:
@@ -187,6 +198,11 @@ def train(params: hyperparams.Config, model_dir: Path) -> dict:
     improved for that many steps (the latest and the best checkpoints are kept).
     """
     model_dir.mkdir(parents=True, exist_ok=True)
+    # A run that already stopped early stays stopped: re-running a pipeline costs nothing.
+    reason = validation_stalled(model_dir, params.task.early_stop_patience_steps, _latest_step(model_dir))
+    if reason:
+        log.info("not resuming, the run stopped early: %s", reason)
+        return {}
     train_utils.serialize_config(params, str(model_dir))
     # Augmentation runs OpenCV inside tf.data's parallel map: one thread per call, or
     # OpenCV's own pool competes with tf.data's and the model's for the same cores.

@@ -21,7 +21,8 @@ import tensorflow as tf
 from official.vision.data import tf_example_builder
 
 from busdet.annotations import AnnotatedImage
-from busdet.images import atomic_write, read_image
+from busdet.files import atomic_write
+from busdet.images import read_image
 from busdet.label_map import name_to_id
 
 log = logging.getLogger(__name__)

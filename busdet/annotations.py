@@ -130,7 +130,7 @@ def read_mask(path: Path) -> np.ndarray:
                 image = image.convert("RGBA" if "transparency" in image.info else "RGB")
             pixels = np.asarray(image)
     except (OSError, ValueError, SyntaxError) as error:
-        raise ImageReadError(f"{path}: cannot decode mask ({error})") from None
+        raise ImageReadError(str(path), f"cannot decode mask ({error})") from None
     if pixels.ndim == 3:
         channels = pixels.shape[2]
         colour = pixels[..., : min(channels, 3)].max(axis=2)

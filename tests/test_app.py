@@ -222,3 +222,25 @@ def test_smoke_model_end_to_end_slider_reuses_detections(smoke_model, label_map_
     at.sidebar.slider[0].set_value(1.0).run()
     assert len(at.dataframe[-1].value) <= low
     assert len(calls) == 1
+
+
+# --- hostile input (issue 11): one clear error, no traceback, the other files still run ---
+
+
+def test_multi_page_tiff_upload_is_named_and_the_others_still_run(fake_model):
+    import io
+
+    from PIL import Image
+
+    pages = [Image.fromarray(np.full((40, 60), value, np.uint8)) for value in (40, 90)]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, format="TIFF", save_all=True, append_images=pages[1:])
+    at = run_app()
+    at.sidebar.file_uploader[0].set_value([("cine.tif", buffer.getvalue(), "image/tiff"),
+                                           ("good.png", phantom_png(1), "image/png")]).run()
+    press_detect(at)
+    assert len(at.error) == 1
+    assert "cine.tif: holds 2 pages (multi-page TIFF); only single images are read: save each one as its own file" \
+        in [t.value for t in at.text]
+    assert at.dataframe[0].value["status"].tolist() == ["error", "ok"]
+    assert fake_model.calls == 1

@@ -17,7 +17,7 @@ from busdet.evaluation.matching import at_threshold, match_all, match_image
 from busdet.evaluation.metrics import roc_auc
 from busdet.evaluation.plots import confusion_counts
 from busdet.images import write_image
-from busdet.results import PREDICTION_COLUMNS, predictions_frame
+from busdet.tables import PREDICTION_COLUMNS, predictions_frame
 from tools import evaluate as evaluate_cli
 
 AP_KEYS = ["AP50_benign", "AP50_malignant", "mAP50", "AP50_lesion", "mAP50_95"]

@@ -19,12 +19,13 @@ from PIL import Image
 
 import predict
 from busdet import batch, images
-from busdet.boxes import Box, box_to_pixel_xywh, boxes_to_normalized_yxyx
+from busdet.boxes import box_to_pixel_xywh, boxes_to_normalized_yxyx
 from busdet.drawing import CLASS_COLOURS
 from busdet.inference import Detector
 from busdet.phantoms import generate_phantom
-from busdet.results import IMAGE_COLUMNS, PREDICTION_COLUMNS
+from busdet.tables import IMAGE_COLUMNS, PREDICTION_COLUMNS
 
+ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {1: "benign", 2: "malignant"}
 CLASS_IDS = {name: class_id for class_id, name in CLASSES.items()}
 # One malignant box over columns 20..99 and rows 25..74 of a 200 x 100 image, and
@@ -398,7 +399,7 @@ def test_defaults_are_the_seeds_command_and_help_explains_the_statuses():
     args = predict.get_args_parser().parse_args([])
     assert (args.input, args.output, args.width, args.height, args.model, args.label_map) == (
         Path("input"), Path("output"), 640, 640, Path("saved_model"), Path("label_map.pbtxt"))
-    assert args.threshold is None and not args.recursive and not args.overwrite
+    assert args.score_threshold is None and not args.recursive and not args.overwrite
     help_text = predict.get_args_parser().format_help()
     for status in ["0 ", "1 ", "2 ", "130"]:
         assert f"\n  {status}" in help_text
@@ -427,3 +428,94 @@ def test_real_model_on_phantoms(tmp_path, smoke_model, label_map_path):
         assert len(mine) == row.boxes
         assert ((mine["xmin"] >= 0) & (mine["xmin"] + mine["width"] <= row.width)).all()
         assert ((mine["ymin"] >= 0) & (mine["ymin"] + mine["height"] <= row.height)).all()
+
+
+# --- the page and the CLI agree (issue 11) -------------------------------------
+
+
+def test_page_and_cli_write_byte_identical_tables(tmp_path, monkeypatch):
+    """The page's images.csv and predictions.csv (its ZIP) equal predict.py's for the same files."""
+    import zipfile
+
+    import streamlit as st
+
+    import app
+    from busdet.downloads import results_zip
+
+    st.cache_data.clear()  # the page's caches live in this process: start from nothing
+    _write_bad_inputs(tmp_path / "in")
+    save(tmp_path / "in" / "second.png", gray_ramp(120, 90))
+    assert run_cli(monkeypatch, fake_detector(fail_on_call=2), "--input", tmp_path / "in",
+                   "--output", tmp_path / "out") == 1
+    uploads = [(p.name, p.read_bytes()) for p in sorted((tmp_path / "in").iterdir()) if images.is_image_file(p)]
+    detector = fake_detector(fail_on_call=2)
+    analysed = [app.analyse(detector, name, data, hashlib.sha256(data).hexdigest(), detector.score_threshold)
+                for name, data in uploads]
+    archive = zipfile.ZipFile(io.BytesIO(results_zip(*zip(*analysed))))
+    for table in ["images.csv", "predictions.csv"]:
+        assert archive.read(table) == (tmp_path / "out" / table).read_bytes(), table
+    statuses = read_tables(tmp_path / "out")[1].set_index("filename")["status"]
+    assert statuses.to_dict() == {"bomb.png": "error", "empty.png": "error", "good.png": "ok",
+                                  "second.png": "error", "text.jpg": "error", "truncated.png": "error"}
+
+
+# --- hostile input (issue 11): one line, the documented status, no traceback ------------
+
+
+def multi_page_tiff(path: Path, pages: int) -> Path:
+    frames = [Image.fromarray(gray_ramp()) for _ in range(pages)]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    return path
+
+
+def test_multi_page_tiff_is_named_not_cut_to_its_first_page(tmp_path, monkeypatch, caplog):
+    (tmp_path / "in").mkdir()
+    multi_page_tiff(tmp_path / "in" / "cine.tif", 3)
+    save(tmp_path / "in" / "single.tif", gray_ramp())
+    detector = fake_detector()
+    assert run_cli(monkeypatch, detector, "--input", tmp_path / "in", "--output", tmp_path / "out") == 1
+    rows = read_tables(tmp_path / "out")[1].set_index("filename")
+    assert rows.loc["single.tif", "status"] == "ok" and rows.loc["cine.tif", "status"] == "error"
+    assert rows.loc["cine.tif", "error"].startswith("holds 3 pages (multi-page TIFF)")
+    assert any("cine.tif: holds 3 pages" in message for message in caplog.messages)
+    assert len(detector.calls) == 1 and not (tmp_path / "out" / "cine.tif").exists()
+
+
+def test_other_files_are_named_with_the_reason(tmp_path, monkeypatch, caplog, capsys):
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    (tmp_path / "in" / "frame.dcm").write_bytes(b"DICM")
+    (tmp_path / "in" / "notes.txt").write_text("notes")
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
+    assert f"{tmp_path / 'in' / 'frame.dcm'}: passed over: DICOM is not read; export the frames as PNG" \
+        in caplog.messages
+    assert any(m.startswith(f"{tmp_path / 'in' / 'notes.txt'}: passed over: not an image file (png, jpg")
+               for m in caplog.messages)
+    assert "2 other files passed over" in capsys.readouterr().err
+
+
+def test_recursive_follows_linked_folders_and_names_a_loop(tmp_path, monkeypatch, caplog):
+    save(tmp_path / "elsewhere" / "linked.png", gray_ramp())
+    save(tmp_path / "in" / "top.png", gray_ramp())
+    (tmp_path / "in" / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere" / "back").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # a loop
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out",
+                   "--recursive") == 0
+    assert read_tables(tmp_path / "out")[1]["filename"].tolist() == ["top.png", "link/linked.png"]
+    assert (tmp_path / "out" / "link" / "linked.png").is_file()
+    assert f"{tmp_path / 'in' / 'link' / 'back'}: passed over: a folder already read through another link; " \
+           "not read twice" in caplog.messages
+
+
+def test_ctrl_c_while_the_model_loads_is_one_line_and_130(tmp_path, monkeypatch, capsys):
+    from busdet.cli import run_command
+
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+
+    def interrupted_load(model, label_map):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "load_detector", interrupted_load)
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    assert run_command(predict.main, predict.get_args_parser(), argv) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+    assert not (tmp_path / "out").exists()

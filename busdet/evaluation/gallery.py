@@ -129,7 +129,7 @@ def _read_indexed(filename: str, index: Mapping[str, Path], images_dir: Path,
         return None
     try:
         if filename not in index:
-            raise ImageReadError(f"{filename}: not found under {images_dir}")
+            raise ImageReadError(filename, f"not found under {images_dir}")
         return read_image(index[filename])
     except ImageReadError as error:
         failed[filename] = str(error)

@@ -15,7 +15,7 @@ from typing import Dict, Iterable, List, Mapping, Sequence
 import pandas as pd
 
 from busdet.boxes import Box, box_from_xywh
-from busdet.results import PREDICTION_COLUMNS
+from busdet.tables import PREDICTION_COLUMNS
 
 BOX_FIELDS = ["xmin", "ymin", "width", "height"]
 NAMES_SHOWN = 5  # how many offending names a message lists before "... and N more"

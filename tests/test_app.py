@@ -244,3 +244,20 @@ def test_multi_page_tiff_upload_is_named_and_the_others_still_run(fake_model):
         in [t.value for t in at.text]
     assert at.dataframe[0].value["status"].tolist() == ["error", "ok"]
     assert fake_model.calls == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated model info", "other classes"])
+def test_damaged_or_mismatched_model_is_one_error(monkeypatch, tmp_path, label_map_path, damage):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "saved_model.pb").write_bytes(b"")
+    info = '{"input_size": [640, 6' if damage == "truncated model info" else '{"classes": {"1": "cyst"}}'
+    (model / "model_info.json").write_text(info)
+    monkeypatch.setenv("BUSDET_MODEL_DIR", str(model))
+    monkeypatch.setenv("BUSDET_LABEL_MAP", str(label_map_path))
+    at = run_app()
+    assert len(at.error) == 1 and "No usable model" in at.error[0].value
+    detail = [t.value for t in at.text]
+    assert len(detail) == 1 and detail[0].startswith(str(model / "model_info.json") if damage.startswith("trunc")
+                                                     else f"{label_map_path}: classes")
+    assert not at.sidebar.button, "the page stops before its controls"

@@ -462,6 +462,80 @@ def test_page_and_cli_write_byte_identical_tables(tmp_path, monkeypatch):
 # --- hostile input (issue 11): one line, the documented status, no traceback ------------
 
 
+def fake_model_dir(folder: Path, classes: dict) -> Path:
+    """A folder that passes load_detector's checks up to TensorFlow (they come first)."""
+    from busdet.inference import write_model_info
+
+    folder.mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"")
+    write_model_info(folder, {"input_size": [640, 640], "classes": {str(k): v for k, v in classes.items()}})
+    return folder
+
+
+@pytest.mark.parametrize("items", ['item { id: 1 name: "benign" }',
+                                   'item { id: 1 name: "malignant" } item { id: 2 name: "benign" }'],
+                         ids=["id 2 missing", "ids swapped"])
+def test_label_map_other_than_the_models_is_refused_without_a_traceback(tmp_path, items):
+    """Run as a user runs it: a separate process, stderr as the user sees it (case 2)."""
+    import subprocess
+    import sys
+
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    model = fake_model_dir(tmp_path / "model", CLASSES)
+    (tmp_path / "labels.pbtxt").write_text(items)
+    done = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--input", str(tmp_path / "in"),
+                           "--output", str(tmp_path / "out"), "--model", str(model),
+                           "--label", str(tmp_path / "labels.pbtxt")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {tmp_path / 'labels.pbtxt'}: classes ") and done.stderr.count("\n") == 1
+    assert "differ from the model's {1 benign, 2 malignant}" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_only_output_folder_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys, unwritable_folder):
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    loads = []
+    monkeypatch.setattr(predict, "load_detector", lambda *args: loads.append(args) or fake_detector())
+    for output in (unwritable_folder, unwritable_folder / "new"):
+        args = predict.get_args_parser().parse_args(["--input", str(tmp_path / "in"), "--output", str(output)])
+        assert predict.main(args) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {output}: cannot write there (") and error.count("\n") == 1
+        assert error.endswith("); choose another --output\n")
+    assert loads == [] and list(unwritable_folder.iterdir()) == []
+
+
+def test_damaged_model_info_is_one_line_and_exit_2(tmp_path, capsys, label_map_path):
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    model = fake_model_dir(tmp_path / "model", CLASSES)
+    (model / "model_info.json").write_text('{"input_size": [640, 64')  # cut short
+    args = predict.get_args_parser().parse_args(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                                                 "--model", str(model), "--label", str(label_map_path)])
+    assert predict.main(args) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {model / 'model_info.json'}: damaged (") and error.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_truncated_weights_are_one_line_and_exit_2(tmp_path, label_map_path):
+    """The shipped model with half of its weights cut off, run as a user would (case 5)."""
+    import shutil
+    import subprocess
+    import sys
+
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    model = tmp_path / "damaged"
+    shutil.copytree(ROOT / "saved_model", model)
+    weights = next((model / "variables").glob("variables.data-*"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    done = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--input", str(tmp_path / "in"),
+                           "--output", str(tmp_path / "out"), "--model", str(model),
+                           "--label", str(label_map_path)], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"error: {model}: cannot load the SavedModel's serving_default (IndexError" in done.stderr
+
+
 def multi_page_tiff(path: Path, pages: int) -> Path:
     frames = [Image.fromarray(gray_ramp()) for _ in range(pages)]
     frames[0].save(path, save_all=True, append_images=frames[1:])

@@ -14,10 +14,10 @@ import pandas as pd
 import streamlit as st
 
 from busdet import images, inference
-from busdet.boxes import above_threshold
-from busdet.downloads import (ImageResult, annotated_image, boxes_table, finding_line, image_downloads,
-                              images_table, results_zip)
-from busdet.images import IMAGE_EXTENSIONS, ImageReadError
+from busdet.downloads import annotated_image, image_downloads, results_zip
+from busdet.images import IMAGE_EXTENSIONS
+from busdet.results import ImageResult, analyse_image, finding_line
+from busdet.tables import boxes_table, summary_table
 
 HERE = Path(__file__).resolve().parent
 MODEL_DIR = Path(os.environ.get("BUSDET_MODEL_DIR", HERE / "saved_model"))
@@ -44,15 +44,16 @@ def load_model(model_dir: str, label_map: str) -> inference.Detector:
 
 
 @st.cache_data(max_entries=512, show_spinner="Detecting lesions...")
-def detect_all_boxes(_detector, model_dir: str, content_sha256: str, _image):
-    """Every box of one image and the model time, keyed by the file's content hash,
-    so that the threshold slider filters cached boxes instead of rerunning the model."""
-    return inference.timed_detect(_detector, _image)
+def analyse_upload(_detector, model_dir: str, content_sha256: str, name: str, _data: bytes) -> ImageResult:
+    """The record of one upload with every box (predict.py's function), keyed by the file's content
+    hash, so that the threshold slider re-filters cached boxes instead of rerunning the model."""
+    return analyse_image(_detector, name, lambda: decode_upload(content_sha256, name, _data),
+                         _detector.score_threshold)[0]
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def decode_upload(content_sha256: str, name: str, _data: bytes):
-    """The decoded pixels, keyed by content hash: a slider move re-filters without decoding
+    """The decoded pixels, keyed by content hash: a slider move redraws without decoding
     again. Few entries: a decoded frame weighs far more than its file."""
     return images.decode_image(_data, name)
 
@@ -84,16 +85,10 @@ def detect_ui(digests) -> bool:
     return bool(digests) and st.session_state.get("detected") == digests
 
 
-def analyse(detector, name: str, data: bytes, digest: str, score_threshold: float) -> ImageResult:
-    try:
-        image = decode_upload(digest, name, data)
-    except ImageReadError as error:
-        return ImageResult(name, error=str(error))
-    try:
-        boxes, seconds = detect_all_boxes(detector, str(detector.model_dir), digest, image)
-    except Exception as error:  # noqa: BLE001 - as in predict.py: one image must not stop the others
-        return ImageResult(name, error=f"{name}: model failed ({type(error).__name__}: {error})")
-    return ImageResult(name, image, tuple(above_threshold(boxes, score_threshold)), score_threshold, seconds)
+def analyse(detector, name: str, data: bytes, digest: str, score_threshold: float):
+    """``(record shown at score_threshold, pixels or None)`` of one upload."""
+    result = analyse_upload(detector, str(detector.model_dir), digest, name, data).at_threshold(score_threshold)
+    return result, decode_upload(digest, name, data) if result.ok else None
 
 
 def about_ui(test_metrics) -> None:
@@ -104,31 +99,31 @@ def about_ui(test_metrics) -> None:
             st.dataframe(pd.Series(test_metrics, name="value").astype(str).rename_axis("metric"))
 
 
-def image_result_ui(result: ImageResult, key: str) -> None:
+def image_result_ui(result: ImageResult, image, key: str) -> None:
     """Finding, original beside annotated, box table and the three downloads of one image."""
     st.text(result.filename)
-    st.markdown(f"**{finding_line(result.boxes)}**")
-    st.caption(f"{len(result.boxes)} box(es) at threshold {result.score_threshold:.2f}; "
+    st.markdown(f"**{finding_line(result.shown_boxes)}**")
+    st.caption(f"{len(result.shown_boxes)} box(es) at threshold {result.score_threshold:.2f}; "
                f"inference {result.seconds:.2f} s")
     original, annotated = st.columns(2)
-    original.image(result.image, caption="Original", output_format="PNG")
-    annotated.image(annotated_image(result), caption="Detections", output_format="PNG")
+    original.image(image, caption="Original", output_format="PNG")
+    annotated.image(annotated_image(result, image), caption="Detections", output_format="PNG")
     st.dataframe(boxes_table(result), hide_index=True)
-    for column, (label, file_name, mime, build) in zip(st.columns(3), image_downloads(result)):
+    for column, (label, file_name, mime, build) in zip(st.columns(3), image_downloads(result, image)):
         column.download_button(label, build, file_name, mime, key=f"{label}-{key}", on_click="ignore")
 
 
-def batch_ui(results) -> None:
+def batch_ui(results, pixels) -> None:
     """Several images: a sortable summary first, one ZIP, then each image in an expander."""
-    summary = images_table(results)
+    summary = summary_table(results)
     summary.index = pd.RangeIndex(1, len(summary) + 1, name="image")
     st.dataframe(summary)
-    st.download_button("All results (ZIP)", lambda: results_zip(results), "busdet_results.zip",
+    st.download_button("All results (ZIP)", lambda: results_zip(results, pixels), "busdet_results.zip",
                        "application/zip", key="zip", on_click="ignore")
-    for number, result in enumerate(results, start=1):
+    for number, (result, image) in enumerate(zip(results, pixels), start=1):
         if result.ok:
-            with st.expander(f"Image {number}: {finding_line(result.boxes)}"):
-                image_result_ui(result, key=str(number))
+            with st.expander(f"Image {number}: {finding_line(result.shown_boxes)}"):
+                image_result_ui(result, image, key=str(number))
 
 
 def main() -> None:
@@ -149,15 +144,15 @@ def main() -> None:
     if not detect_ui(digests):
         st.info("Choose images in the sidebar, then press Detect.")
         return
-    results = [analyse(detector, name, data, digest, score_threshold)
-               for (name, data), digest in zip(inputs, digests)]
+    results, pixels = zip(*(analyse(detector, name, data, digest, score_threshold)
+                            for (name, data), digest in zip(inputs, digests)))
     for failed in (result for result in results if not result.ok):
         st.error("This file could not be read and was skipped; the other files still run:")
-        st.text(failed.error)
+        st.text(failed.message)
     if len(results) > 1:
-        batch_ui(results)
+        batch_ui(results, pixels)
     elif results[0].ok:
-        image_result_ui(results[0], key="single")
+        image_result_ui(results[0], pixels[0], key="single")
 
 
 if __name__ == "__main__":

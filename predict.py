@@ -14,9 +14,10 @@ threshold drawn (class name and score; benign blue, malignant orange) or a
   images.csv       one row per image: size, number of boxes, top label and score,
                    status (ok or error) and the error message
 
-Files without an image extension are passed over; hidden files are ignored.
-The input folder is never written to, and existing outputs are kept unless
---overwrite is given.
+Files without an image extension are passed over, each named on stderr; hidden
+files are ignored. A file that cannot be used (unreadable, a multi-page TIFF, ...)
+gets one stderr line and an error row, and the run goes on. The input folder is
+never written to, and existing outputs are kept unless --overwrite is given.
 """
 
 from __future__ import annotations
@@ -36,12 +37,15 @@ from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from busdet import batch  # noqa: E402
+from busdet.cli import run_command  # noqa: E402
 from busdet.inference import DEFAULT_SCORE_THRESHOLD, ModelLoadError, load_detector  # noqa: E402
 
 EPILOG = """exit status:
   0    every image was processed
-  1    some images could not be read or written (their rows in images.csv say why)
-  2    bad arguments, missing model or label map, or unsafe output folder (nothing was done)
+  1    some images could not be read or written (their rows in images.csv say why),
+       or a table could not be written
+  2    bad arguments; missing, damaged or mismatched model or label map; unsafe or
+       read-only output folder (nothing was done)
   130  interrupted with Ctrl-C (the tables hold the images finished so far)
 
 predictions.csv and images.csv are saved every few seconds during the run, so even a
@@ -69,7 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "(the filename column then holds the relative path)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace outputs left by an earlier run (otherwise the run stops before starting)")
-    parser.add_argument("--threshold", type=score, default=None,
+    parser.add_argument("--score-threshold", "--threshold", dest="score_threshold", type=score, default=None,
                         help="lowest score (0-1) of a box that is drawn and written (default: the model's "
                              f"operating point from its model_info.json, else {DEFAULT_SCORE_THRESHOLD})")
     parser.add_argument("--width", type=int, default=640,
@@ -82,7 +86,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, default=Path("saved_model"),
                         help="exported SavedModel folder (default: %(default)s)")
     parser.add_argument("--label", "--label-map", dest="label_map", type=Path, default=Path("label_map.pbtxt"),
-                        help="label map naming the classes (default: %(default)s)")
+                        help="label map naming the classes; must match the classes recorded in the model's "
+                             "model_info.json (default: %(default)s)")
     return parser
 
 
@@ -104,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
         height, width = detector.input_size
         return fail(f"--height {args.height} --width {args.width} do not match the model: {args.model} was "
                     f"exported for {height}x{width} (height x width); run with --height {height} --width {width}")
-    threshold = detector.score_threshold if args.threshold is None else args.threshold
+    threshold = detector.score_threshold if args.score_threshold is None else args.score_threshold
     print(f"{len(plan.images)} images in {args.input}, score threshold {threshold:g}", file=sys.stderr)
     with logging_redirect_tqdm():
         result = batch.run_batch(
@@ -117,4 +122,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(run_command(main, get_args_parser()))

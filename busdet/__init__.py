@@ -5,12 +5,18 @@ thin command lines over it:
 
 - :mod:`busdet.boxes`        the one box record and its conversions
 - :mod:`busdet.label_map`    the label map reader (class ids everywhere)
-- :mod:`busdet.images`       robust image reading, atomic writes
-- :mod:`busdet.annotations`  masks to boxes, annotation CSV / COCO I/O
+- :mod:`busdet.files`        atomic writes, the CSV and JSON forms, safe names, output checks
+- :mod:`busdet.images`       robust image reading and writing
+- :mod:`busdet.annotations`  masks to boxes, the annotation CSV, the one COCO builder
 - :mod:`busdet.phantoms`     synthetic ultrasound-like images for tests and demos
-- :mod:`busdet.inference`    the SavedModel contract, one ``detect`` function
+- :mod:`busdet.inference`    the SavedModel contract, one ``detect`` function, ``model_info.json``
+- :mod:`busdet.results`      the one per-image record and the function that makes it (page and CLI)
+- :mod:`busdet.tables`       ``predictions.csv`` and ``images.csv`` from those records
+- :mod:`busdet.downloads`    the page's in-memory PNG, JSON and ZIP
+- :mod:`busdet.batch`        ``predict.py``'s folder run
 - :mod:`busdet.drawing`      the one drawing function for truth and predictions
-- :mod:`busdet.evaluation`   COCO and image-level metrics, plots, gallery
+- :mod:`busdet.cli`          the common ending of every command line
+- :mod:`busdet.evaluation`   COCO and image-level metrics, plots, gallery, measuring an exported model
 - :mod:`busdet.training`     Model Garden experiment, TFRecords, training, export
 """
 

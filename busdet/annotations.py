@@ -5,27 +5,27 @@ Input layout (Kaggle's ``Dataset_BUSI_with_GT``): one folder per class holding
 component of each mask, after dropping specks below ``min_area`` pixels, becomes
 one box. The CSV is the seed's: ``filename,xmin,ymin,width,height,label`` with
 ``width``/``height`` the inclusive pixel extent; an image without lesions may be
-written with empty box fields (a *negative* row).
+written with empty box fields (a *negative* row). A lesion-class image whose masks
+hold no lesion region is refused rather than written as a negative.
 
 Command line: ``python tools/mask_to_bbox.py --input DATASET_DIR --output annotations.csv``
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from busdet.boxes import Box, box_from_xywh, box_to_pixel_xywh
-from busdet.images import IMAGE_EXTENSIONS, ImageReadError, atomic_write, read_image
+from busdet.boxes import Box, box_from_xywh, box_to_pixel_xywh, box_to_xywh
+from busdet.images import IMAGE_EXTENSIONS, ImageReadError, read_image
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,10 @@ def find_cases(dataset_dir: Path) -> Tuple[List[Case], List[Problem]]:
     Returns the cases in a stable order (class, then file name) and the problems
     found on the way (masks without an image; numbered masks without the first one,
     a warning: the case is still converted).
+
+    Raises:
+      FileNotFoundError: ``dataset_dir`` is not a folder.
+      ValueError: no class folder holds an image (e.g. one class folder was given).
     """
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
@@ -114,7 +118,19 @@ def find_cases(dataset_dir: Path) -> Tuple[List[Case], List[Problem]]:
                                         skipped=False))
             mask_paths = tuple(p for _, p in indexed)
             cases.append(Case(class_dir.name, image_path, mask_paths))
+    if not cases:
+        raise ValueError(_layout_hint(dataset_dir))
     return cases, problems
+
+
+def _layout_hint(dataset_dir: Path) -> str:
+    """Why a folder gave no case, and the layout expected instead."""
+    expected = (f"expected one sub-folder per class, e.g. {dataset_dir / 'benign' / 'NAME.png'} beside "
+                "NAME_mask.png")
+    if any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in dataset_dir.iterdir()):
+        return (f"{dataset_dir}: no class folders, only images ({expected}); "
+                "is this one class folder? Give the folder that holds the class folders")
+    return f"{dataset_dir}: no class folder with images ({expected})"
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -130,7 +146,7 @@ def read_mask(path: Path) -> np.ndarray:
                 image = image.convert("RGBA" if "transparency" in image.info else "RGB")
             pixels = np.asarray(image)
     except (OSError, ValueError, SyntaxError) as error:
-        raise ImageReadError(f"{path}: cannot decode mask ({error})") from None
+        raise ImageReadError(str(path), f"cannot decode mask ({error})") from None
     if pixels.ndim == 3:
         channels = pixels.shape[2]
         colour = pixels[..., : min(channels, 3)].max(axis=2)
@@ -212,6 +228,12 @@ def annotate_dataset(dataset_dir: Path, class_names: Sequence[str],
         if image.boxes and image.label == negative_class:
             problems.append(Problem(case.image_path, f"lesion mask in the negative class {negative_class!r}"))
             continue
+        if not image.boxes and image.label != negative_class:
+            masks = ", ".join(p.name for p in case.mask_paths)
+            problems.append(Problem(case.image_path, f"no lesion region of at least {min_area} pixels in {masks}: "
+                                                     f"a {image.label} image needs one (check the mask, or "
+                                                     "lower --min-area)"))
+            continue
         annotated.append(image)
     return annotated, problems
 
@@ -233,64 +255,44 @@ def annotations_to_frame(images: Iterable[AnnotatedImage], include_negatives: bo
     return frame
 
 
-def write_csv(frame: pd.DataFrame, path: Path, overwrite: bool = True) -> None:
-    """Writes a table atomically (never a half-written CSV)."""
-    with atomic_write(path, "w", overwrite=overwrite) as stream:
-        frame.to_csv(stream, index=False, lineterminator="\n")
-
-
-def read_annotations_csv(path: Path) -> Tuple[Dict[str, List[Box]], Dict[str, str]]:
-    """Reads an annotation CSV into ``{filename: [Box]}`` and ``{filename: image label}``.
-
-    Rows with empty box fields are negative images: they appear with an empty list.
-    The image label is the row label (for a lesion image, its most frequent one,
-    malignant winning a tie so that an image with any malignant lesion counts as
-    malignant).
-    """
-    frame = pd.read_csv(path, dtype={"filename": str, "label": str}, keep_default_na=False,
-                        na_values={c: [""] for c in ["xmin", "ymin", "width", "height"]})
-    missing = [c for c in ANNOTATION_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
-    boxes: Dict[str, List[Box]] = {}
-    labels: Dict[str, List[str]] = {}
-    for row in frame.itertuples(index=False):
-        boxes.setdefault(row.filename, [])
-        labels.setdefault(row.filename, []).append(row.label)
-        if not pd.isna(row.xmin):
-            boxes[row.filename].append(box_from_xywh(row.xmin, row.ymin, row.width, row.height, row.label))
-    return boxes, {name: image_label(names) for name, names in labels.items()}
-
-
 def image_label(row_labels: Sequence[str]) -> str:
     """The image-level class: malignant if any lesion is malignant, else the first label."""
     return "malignant" if "malignant" in row_labels else row_labels[0]
 
 
-def to_coco(images: Sequence[AnnotatedImage], classes: Dict[int, str]) -> dict:
-    """Annotated images -> a COCO detection dict (negatives included, without annotations).
+def coco_dataset(truth: Mapping[str, Sequence[Box]], categories: Mapping[int, str],
+                 image_fields: Optional[Mapping[str, dict]] = None) -> dict:
+    """``{filename: [Box]}`` -> a COCO detection dict: the one COCO builder (files and evaluation).
 
-    Images carry their class folder as an extra ``label`` key; categories come from
-    the label map so that ids match the model's.
+    Every image is listed, negatives too (without annotations); image ids follow
+    the order of ``truth`` from 1. ``categories`` is ``{id: name}`` (the label
+    map's, so that ids match the model's); ``image_fields`` adds keys per image
+    (``width``, ``height``, ``label``). ``bbox`` is ``[x, y, width, height]`` in
+    pixels, whole numbers written as integers.
     """
-    ids = {name: class_id for class_id, name in classes.items()}
+    ids = {name: class_id for class_id, name in categories.items()}
     coco = {"images": [], "annotations": [],
-            "categories": [{"id": i, "name": n, "supercategory": "lesion"} for i, n in classes.items()]}
-    for image_id, image in enumerate(images, start=1):
-        coco["images"].append({"id": image_id, "file_name": image.filename, "width": image.width,
-                               "height": image.height, "label": image.label})
-        for box in image.boxes:
-            x, y, width, height = box_to_pixel_xywh(box)
+            "categories": [{"id": i, "name": n, "supercategory": "lesion"} for i, n in categories.items()]}
+    for image_id, (filename, boxes) in enumerate(truth.items(), start=1):
+        coco["images"].append({"id": image_id, "file_name": filename, **(image_fields or {}).get(filename, {})})
+        for box in boxes:
             coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
-                                        "category_id": ids[box.label], "bbox": [x, y, width, height],
-                                        "area": width * height, "iscrowd": 0})
+                                        "category_id": ids[box.label],
+                                        "bbox": [_number(v) for v in box_to_xywh(box)],
+                                        "area": _number(box.area), "iscrowd": 0})
     return coco
 
 
-def write_coco(coco: dict, path: Path, overwrite: bool = True) -> None:
-    """Writes a COCO dict as JSON, atomically."""
-    with atomic_write(path, "w", overwrite=overwrite) as stream:
-        json.dump(coco, stream, indent=1)
+def _number(value: float):
+    """A whole float as an int (``12.0`` -> ``12``), so that pixel boxes stay integers in JSON."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def annotations_to_coco(images: Sequence[AnnotatedImage], classes: Dict[int, str]) -> dict:
+    """Annotated images -> COCO, each image with its size and class folder (extra ``label`` key)."""
+    return coco_dataset({image.filename: image.boxes for image in images}, classes,
+                        {image.filename: {"width": image.width, "height": image.height, "label": image.label}
+                         for image in images})
 
 
 def index_images(dataset_dir: Path) -> Dict[str, Path]:

@@ -26,19 +26,18 @@ import os
 import statistics
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
-import pandas as pd
 
-from busdet.annotations import write_csv
-from busdet.boxes import Box, above_threshold
 from busdet.drawing import draw_boxes
-from busdet.images import ImageReadError, is_image_file, read_image, write_image
-from busdet.inference import Detector, timed_detect
-from busdet.results import IMAGE_COLUMNS, image_row, predictions_table
+from busdet.files import OutputError, check_writable_folder, write_csv
+from busdet.images import IMAGE_EXTENSIONS, is_image_file, read_image, write_image
+from busdet.inference import Detector
+from busdet.results import ImageResult, analyse_image
+from busdet.tables import images_table, predictions_table
 
 log = logging.getLogger(__name__)
 
@@ -80,33 +79,21 @@ class BatchPlan:
 
 
 @dataclass
-class ImageOutcome:
-    """What became of one input image; ``boxes`` are those at or above the threshold."""
-
-    filename: str
-    width: Optional[int] = None
-    height: Optional[int] = None
-    boxes: List[Box] = field(default_factory=list)
-    error: Optional[str] = None
-    latency: Optional[float] = None  # seconds in the model
-
-
-@dataclass
 class BatchResult:
-    """The finished (or interrupted) run, in input order."""
+    """The finished (or interrupted) run: one record per image done, in input order."""
 
     plan: BatchPlan
-    outcomes: List[ImageOutcome]
+    results: List[ImageResult]
     elapsed: float
     interrupted: bool = False
 
     @property
-    def failures(self) -> List[ImageOutcome]:
-        return [o for o in self.outcomes if o.error]
+    def failures(self) -> List[ImageResult]:
+        return [r for r in self.results if not r.ok]
 
     @property
     def box_count(self) -> int:
-        return sum(len(o.boxes) for o in self.outcomes)
+        return sum(len(r.shown_boxes) for r in self.results)
 
 
 def _is_hidden(relative: Path) -> bool:
@@ -116,12 +103,21 @@ def _is_hidden(relative: Path) -> bool:
 def list_inputs(input_dir: Path, recursive: bool = False) -> Tuple[List[Path], List[Path], int]:
     """Files under ``input_dir``, sorted, hidden files and folders left out.
 
+    With ``recursive``, linked folders are followed too; a folder reached a second
+    time (a link loop, or two links to one folder) is listed as passed over.
+
     Returns:
       ``(images, others, folders)``: paths relative to ``input_dir`` with and without
-      an image extension, and the number of sub-folders not searched (0 when recursive).
+      an image extension (and folders read already), and the number of sub-folders
+      not searched (0 when recursive).
     """
-    images, others, folders = [], [], 0
-    for root, dirs, files in os.walk(input_dir):
+    images, others, folders, seen = [], [], 0, set()
+    for root, dirs, files in os.walk(input_dir, followlinks=recursive):
+        if os.path.realpath(root) in seen:
+            others.append(Path(root).relative_to(input_dir))
+            dirs[:] = []
+            continue
+        seen.add(os.path.realpath(root))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         if not recursive:
             folders, dirs[:] = len(dirs), []
@@ -132,14 +128,28 @@ def list_inputs(input_dir: Path, recursive: bool = False) -> Tuple[List[Path], L
     return images, others, folders
 
 
+def skip_reason(path: Path) -> str:
+    """Why a listed path is passed over (see :func:`list_inputs`)."""
+    if path.is_dir():
+        return "a folder already read through another link; not read twice"
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return "DICOM is not read; export the frames as PNG"
+    return f"not an image file ({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})"
+
+
 def check_output_location(input_dir: Path, output_dir: Path) -> None:
-    """Refuses an output folder that is the input folder or inside it (inputs are never touched)."""
+    """Refuses an output folder that is the input folder or inside it (inputs are never touched),
+    or one where files cannot be created."""
     source, target = input_dir.resolve(), output_dir.resolve()
     if target == source or source in target.parents:
         raise BatchSetupError(f"{output_dir}: output folder is inside the input folder {input_dir}; "
                               "choose a folder outside it")
     if target.exists() and not target.is_dir():
         raise BatchSetupError(f"{output_dir}: exists and is not a folder")
+    try:
+        check_writable_folder(output_dir)
+    except OutputError as error:
+        raise BatchSetupError(f"{error}; choose another --output") from None
 
 
 def first_existing_output(plan: BatchPlan) -> Optional[Path]:
@@ -152,8 +162,8 @@ def plan_batch(input_dir: Path, output_dir: Path, recursive: bool = False, overw
     """Lists the inputs and checks that the outputs are safe to write.
 
     Raises:
-      BatchSetupError: the input is not a folder, the output is inside it, or an
-        output file exists and ``overwrite`` is False.
+      BatchSetupError: the input is not a folder, the output is inside it or cannot
+        be written, or an output file exists and ``overwrite`` is False.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
@@ -168,51 +178,27 @@ def plan_batch(input_dir: Path, output_dir: Path, recursive: bool = False, overw
     return plan
 
 
-def _reason(error: Exception, path: Path) -> str:
-    """The error message without the leading file name (the CSV row names the file)."""
-    message = str(error)
-    prefix = f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+def _draw_and_write(image: np.ndarray, result: ImageResult, path: Path, overwrite: bool) -> None:
+    write_image(path, draw_boxes(image, result.shown_boxes), overwrite=overwrite)
 
 
-def _draw_and_write(image: np.ndarray, boxes: List[Box], path: Path, overwrite: bool) -> None:
-    write_image(path, draw_boxes(image, boxes), overwrite=overwrite)
+def _logged(result: ImageResult, path: Path) -> ImageResult:
+    """``result``, after one warning line naming the file and the reason if it failed."""
+    if not result.ok:
+        log.warning("%s: %s", path, result.error)
+    return result
 
 
-def _fail(outcome: ImageOutcome, path: Path, reason: str) -> ImageOutcome:
-    outcome.error = reason
-    log.warning("%s: %s", path, reason)
-    return outcome
-
-
-def _predict_one(detector: Detector, plan: BatchPlan, relative: Path, read: Future,
-                 score_threshold: float) -> Tuple[ImageOutcome, Optional[np.ndarray]]:
-    """Waits for the decoded image and runs the model on it (in this thread)."""
-    path = plan.input_dir / relative
-    outcome = ImageOutcome(relative.as_posix())
-    try:
-        image = read.result()
-    except ImageReadError as error:
-        return _fail(outcome, path, _reason(error, path)), None
-    outcome.height, outcome.width = image.shape[:2]
-    try:
-        boxes, outcome.latency = timed_detect(detector, image)
-    except Exception as error:  # noqa: BLE001 - one image the model chokes on must not stop the folder
-        return _fail(outcome, path, f"model failed ({type(error).__name__}: {error})"), None
-    outcome.boxes = above_threshold(boxes, score_threshold)
-    return outcome, image
-
-
-def _collect_write(outcome: ImageOutcome, write: Future, plan: BatchPlan) -> Optional[ImageOutcome]:
-    """The outcome once its annotated copy is written; None if the write never ran."""
+def _collect_write(result: ImageResult, write: Future, plan: BatchPlan) -> Optional[ImageResult]:
+    """The record once its annotated copy is written; None if the write never ran."""
     if write.cancelled() or not write.done():
         return None
     error = write.exception()
-    if error is not None:
-        path = plan.output_path(Path(outcome.filename))
-        outcome.boxes = []
-        return _fail(outcome, path, f"cannot write the annotated copy ({_reason(error, path)})")
-    return outcome
+    if error is None:
+        return result
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return _logged(result.failed(f"cannot write the annotated copy ({reason})"),
+                   plan.output_path(Path(result.filename)))
 
 
 def _identity(items):
@@ -223,19 +209,23 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
               progress: Callable[[Iterable], Iterable] = _identity, workers: int = 2) -> BatchResult:
     """Annotates every image of ``plan`` and writes the two tables, even on Ctrl-C.
 
+    Every record comes from :func:`busdet.results.analyse_image`, as on the page.
+
     Args:
       detector: a loaded (or, in tests, fake) :class:`busdet.inference.Detector`.
       score_threshold: boxes below it are neither drawn nor written.
       progress: wraps the image list, e.g. ``lambda items: tqdm(items, unit="img")``.
       workers: threads that read and write while the model runs.
     Returns:
-      The outcomes of the images finished; ``interrupted`` is True after a
+      The records of the images finished; ``interrupted`` is True after a
       KeyboardInterrupt, which is not re-raised (the tables are written first).
     """
+    for relative in plan.skipped:
+        log.warning("%s: passed over: %s", plan.input_dir / relative, skip_reason(plan.input_dir / relative))
     start = last_save = time.perf_counter()
     saved = False  # tables written by this run already (so they may be replaced)
-    done: Dict[int, ImageOutcome] = {}
-    writes: Dict[int, Tuple[ImageOutcome, Future]] = {}
+    done: Dict[int, ImageResult] = {}
+    writes: Dict[int, Tuple[ImageResult, Future]] = {}
     interrupted = False
     reads: Dict[int, Future] = {}
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="busdet-io")
@@ -244,12 +234,12 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
             for ahead in range(index, min(index + READ_AHEAD + 1, len(plan.images))):
                 if ahead not in reads:
                     reads[ahead] = pool.submit(read_image, plan.input_dir / plan.images[ahead])
-            outcome, image = _predict_one(detector, plan, relative, reads.pop(index), score_threshold)
+            result, image = analyse_image(detector, relative.as_posix(), reads.pop(index).result, score_threshold)
             if image is None:
-                done[index] = outcome
+                done[index] = _logged(result, plan.input_dir / relative)
             else:
-                writes[index] = (outcome, pool.submit(_draw_and_write, image, outcome.boxes,
-                                                      plan.output_path(relative), plan.overwrite))
+                writes[index] = (result, pool.submit(_draw_and_write, image, result,
+                                                     plan.output_path(relative), plan.overwrite))
             _finish_writes(writes, done, plan, keep_pending=MAX_PENDING_WRITES)
             if time.perf_counter() - last_save >= TABLE_SAVE_SECONDS:
                 write_tables(_result_so_far(plan, done, start), replace=saved)
@@ -268,12 +258,12 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
     return result
 
 
-def _result_so_far(plan: BatchPlan, done: Dict[int, ImageOutcome], start: float,
+def _result_so_far(plan: BatchPlan, done: Dict[int, ImageResult], start: float,
                    interrupted: bool = False) -> BatchResult:
     return BatchResult(plan, [done[i] for i in sorted(done)], time.perf_counter() - start, interrupted)
 
 
-def _finish_writes(writes: Dict[int, Tuple[ImageOutcome, Future]], done: Dict[int, ImageOutcome],
+def _finish_writes(writes: Dict[int, Tuple[ImageResult, Future]], done: Dict[int, ImageResult],
                    plan: BatchPlan, keep_pending: int) -> None:
     """Moves finished writes to ``done``, first waiting until at most ``keep_pending`` remain."""
     while len(writes) > keep_pending:
@@ -282,46 +272,34 @@ def _finish_writes(writes: Dict[int, Tuple[ImageOutcome, Future]], done: Dict[in
             break
         wait(pending, return_when=FIRST_COMPLETED)
     for index in [i for i, (_, future) in writes.items() if future.done()]:
-        outcome, future = writes.pop(index)
-        finished = _collect_write(outcome, future, plan)
+        result, future = writes.pop(index)
+        finished = _collect_write(result, future, plan)
         if finished is not None:
             done[index] = finished
 
 
-def tables_from_outcomes(outcomes: List[ImageOutcome]) -> Tuple[pd.DataFrame, pd.DataFrame]:
-    """``(predictions, images)`` frames in the ``predictions.csv`` / ``images.csv`` columns."""
-    predictions = predictions_table((o.filename, o.boxes) for o in outcomes)
-    images = pd.DataFrame([image_row(o.filename, o.width, o.height, o.boxes, o.error) for o in outcomes],
-                          columns=IMAGE_COLUMNS)
-    # Unreadable images have no size: keep the columns integer (not 512.0) with empty cells.
-    for column in ["width", "height", "boxes"]:
-        images[column] = images[column].astype("Int64")
-    return predictions, images
-
-
 def write_tables(result: BatchResult, replace: bool = False) -> None:
-    """Writes ``predictions.csv`` and ``images.csv`` atomically into the output folder.
+    """Writes ``predictions.csv`` and ``images.csv`` (:mod:`busdet.tables`) atomically into the output folder.
 
     ``replace``: the run itself wrote them before (an in-run save), so they may be replaced
     even without ``--overwrite``.
     """
-    predictions, images = tables_from_outcomes(result.outcomes)
     predictions_path, images_path = result.plan.tables
     overwrite = result.plan.overwrite or replace
-    write_csv(predictions, predictions_path, overwrite=overwrite)
-    write_csv(images, images_path, overwrite=overwrite)
+    write_csv(predictions_table(result.results), predictions_path, overwrite=overwrite)
+    write_csv(images_table(result.results), images_path, overwrite=overwrite)
 
 
 def format_summary(result: BatchResult, load_seconds: float) -> str:
     """The end-of-run report: load time, counts, median model latency, throughput."""
-    plan, count = result.plan, len(result.outcomes)
-    latencies = [o.latency for o in result.outcomes if o.latency is not None]
+    plan, count = result.plan, len(result.results)
+    latencies = [r.seconds for r in result.results if r.seconds is not None]
     median = f"{statistics.median(latencies) * 1000:.0f} ms" if latencies else "-"
     rate = count / result.elapsed if result.elapsed > 0 else 0.0
     lines = [
         f"model loaded in {load_seconds:.1f} s",
         f"{count} images processed, {len(result.failures)} failed, "
-        f"{len(plan.skipped)} non-image files passed over",
+        f"{len(plan.skipped)} other files passed over (named above)",
         f"median inference {median}/image; {rate:.1f} images/s overall ({count} in {result.elapsed:.1f} s)",
         f"{result.box_count} boxes -> {plan.tables[0]}; one row per image -> {plan.tables[1]}",
     ]

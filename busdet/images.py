@@ -1,4 +1,4 @@
-"""Image reading that gives the pixels a user sees, and atomic file writes.
+"""Image reading that gives the pixels a user sees, and image writing.
 
 Every reader returns an RGB ``uint8`` array ``[H, W, 3]``: grayscale, 16-bit,
 RGBA, palette and EXIF-rotated files are all normalised here, once, so that the
@@ -7,16 +7,15 @@ page, the CLI, training and evaluation agree on the pixels boxes refer to.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import uuid
 import warnings
 from pathlib import Path
-from typing import Iterator, Tuple, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from busdet.files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -25,8 +24,19 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAX_IMAGE_PIXELS = 50_000_000
 
 
+# Formats whose files may hold several images (multi-page TIFF, animated PNG).
+MULTI_FRAME_FORMATS = ("TIFF", "PNG")
+
+
 class ImageReadError(ValueError):
-    """A file that cannot be read as an image; the message says why."""
+    """A file that cannot be read as an image: ``str()`` is ``"name: reason"``.
+
+    ``name`` is the file as the caller named it, ``reason`` why it cannot be read.
+    """
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason = name, reason
 
 
 def is_image_file(path: Union[str, Path]) -> bool:
@@ -52,6 +62,15 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def _check_single_frame(image: Image.Image, name: str) -> None:
+    """Refuses a file holding several images: reading only the first would be a silent half answer."""
+    frames = getattr(image, "n_frames", 1) if image.format in MULTI_FRAME_FORMATS else 1
+    if frames > 1:
+        kind = "pages (multi-page TIFF)" if image.format == "TIFF" else "frames (animated PNG)"
+        raise ImageReadError(name, f"holds {frames} {kind}; only single images are read: "
+                                   "save each one as its own file")
+
+
 def _decode(source, name: str) -> np.ndarray:
     previous_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
@@ -59,21 +78,24 @@ def _decode(source, name: str) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:
+                _check_single_frame(image, name)
                 image.load()
                 image = ImageOps.exif_transpose(image)
                 pixels = _to_rgb(image)
+    except ImageReadError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageReadError(f"{name}: image is larger than {MAX_IMAGE_PIXELS:,} pixels") from None
+        raise ImageReadError(name, f"image is larger than {MAX_IMAGE_PIXELS:,} pixels") from None
     except FileNotFoundError:
-        raise ImageReadError(f"{name}: file not found") from None
+        raise ImageReadError(name, "file not found") from None
     except Image.UnidentifiedImageError:
-        raise ImageReadError(f"{name}: not a recognised image format") from None
+        raise ImageReadError(name, "not a recognised image format") from None
     except (OSError, ValueError, SyntaxError) as error:
-        raise ImageReadError(f"{name}: cannot decode image ({error})") from None
+        raise ImageReadError(name, f"cannot decode image ({error})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit
     if pixels.ndim != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
-        raise ImageReadError(f"{name}: image has no pixels")
+        raise ImageReadError(name, "image has no pixels")
     return np.ascontiguousarray(pixels)
 
 
@@ -85,14 +107,14 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
     """
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
-        raise ImageReadError(f"{path}: file is empty")
+        raise ImageReadError(str(path), "file is empty")
     return _decode(path, str(path))
 
 
 def decode_image(data: bytes, name: str = "<upload>") -> np.ndarray:
     """Decodes image bytes (an upload) like :func:`read_image`."""
     if not data:
-        raise ImageReadError(f"{name}: file is empty")
+        raise ImageReadError(name, "file is empty")
     return _decode(io.BytesIO(data), name)
 
 
@@ -101,44 +123,6 @@ def encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-@contextlib.contextmanager
-def atomic_write(path: Union[str, Path], mode: str = "wb", overwrite: bool = True) -> Iterator:
-    """Opens a temporary file beside ``path`` and moves it into place on success.
-
-    A crash or Ctrl-C leaves either the old file or no file, never half of one.
-    With ``overwrite=False`` an existing ``path`` raises FileExistsError first.
-    """
-    path = Path(path)
-    if not overwrite and path.exists():
-        raise FileExistsError(f"{path}: exists (use --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = _create_temp_file(path)
-    try:
-        encoding = None if "b" in mode else "utf-8"
-        newline = None if "b" in mode else ""
-        with os.fdopen(handle, mode, encoding=encoding, newline=newline) as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-
-
-def _create_temp_file(path: Path) -> Tuple[int, str]:
-    """Creates a hidden temporary file beside ``path``: ``(descriptor, name)``.
-
-    Unlike ``tempfile.mkstemp`` (always 0600), the file gets the permissions a plain
-    ``open()`` would give: those of the file it replaces, else 0666 minus the umask.
-    """
-    temp_name = str(path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    handle = os.open(temp_name, flags, path.stat().st_mode & 0o777 if path.exists() else 0o666)
-    return handle, temp_name
 
 
 # zlib level 3 instead of Pillow's 6: on speckled ultrasound frames it is 2-3x

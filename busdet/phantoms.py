@@ -34,7 +34,7 @@ from PIL import Image
 
 from busdet.annotations import AnnotatedImage
 from busdet.boxes import Box
-from busdet.images import atomic_write
+from busdet.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -1,33 +1,97 @@
-"""Result tables and the image-level finding, shared by ``predict.py`` and the app.
+"""The one per-image record between the model and every output, and the one function that makes it.
 
-``predictions.csv`` has the annotation CSV's geometry plus a score
-(``filename,xmin,ymin,width,height,label,score``), so that it can be compared
-with the output of ``tools/mask_to_bbox.py`` directly.
+    result, image = analyse_image(detector, "scan.png", lambda: read_image(path), score_threshold)
+    result.shown_boxes                 # the boxes at or above result.score_threshold
+    result.at_threshold(0.4)           # the same detections shown at another threshold
+    result.message                     # "scan.png: not a recognised image format" for a failed file
+
+``app.py`` (through its cache) and ``predict.py`` (through :mod:`busdet.batch`)
+both build every record with :func:`analyse_image`; :mod:`busdet.tables`,
+:mod:`busdet.downloads` and the batch writer read nothing else, so the page and
+the CLI cannot disagree on a file.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, replace
+from typing import Callable, List, Optional, Sequence, Tuple
 
-import pandas as pd
+import numpy as np
 
-from busdet.boxes import Box, box_to_pixel_xywh
-
-PREDICTION_COLUMNS = ["filename", "xmin", "ymin", "width", "height", "label", "score"]
-IMAGE_COLUMNS = ["filename", "width", "height", "boxes", "top_label", "top_score", "status", "error"]
-
-
-def predictions_frame(filename: str, boxes: Sequence[Box]) -> pd.DataFrame:
-    """One row per box, most confident first, in the ``predictions.csv`` columns."""
-    rows = [[filename, *box_to_pixel_xywh(b), b.label, round(float(b.score), 4)]
-            for b in sorted(boxes, key=lambda b: -(b.score or 0.0))]
-    return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+from busdet.boxes import Box, above_threshold
+from busdet.images import ImageReadError
+from busdet.inference import Detector, timed_detect
 
 
-def predictions_table(boxes_by_file: Iterable[Tuple[str, Sequence[Box]]]) -> pd.DataFrame:
-    """``predictions.csv`` rows of several images: ``(filename, boxes)`` pairs -> one frame."""
-    frames = [predictions_frame(name, boxes) for name, boxes in boxes_by_file if boxes]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
+@dataclass(frozen=True)
+class ImageResult:
+    """What is known about one input file after detection.
+
+    Attributes:
+      filename: the file's name as the user gave it (relative path in a batch);
+        shown and written as text only.
+      width, height: the image's size in pixels; None when it could not be read.
+      boxes: every detection, most confident first, in pixel corners (whatever the threshold).
+      score_threshold: the threshold the boxes are shown at (:attr:`shown_boxes`).
+      seconds: model wall time for this image; None when the model did not run.
+      error: why the file has no result (the reason only: :attr:`message` names the file); None if ok.
+    """
+
+    filename: str
+    width: Optional[int] = None
+    height: Optional[int] = None
+    boxes: Tuple[Box, ...] = ()
+    score_threshold: Optional[float] = None
+    seconds: Optional[float] = None
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def shown_boxes(self) -> List[Box]:
+        """The boxes at or above :attr:`score_threshold` (none for a failed file)."""
+        if not self.ok or self.score_threshold is None:
+            return []
+        return above_threshold(self.boxes, self.score_threshold)
+
+    @property
+    def message(self) -> str:
+        """One line naming the file and what happened to it: ``"scan.png: file is empty"``."""
+        return f"{self.filename}: {self.error or 'ok'}"
+
+    def at_threshold(self, score_threshold: float) -> "ImageResult":
+        """The same detections shown at another threshold (the model does not run again)."""
+        return replace(self, score_threshold=score_threshold)
+
+    def failed(self, reason: str) -> "ImageResult":
+        """This file marked as failed: it keeps its size, loses its boxes."""
+        return replace(self, boxes=(), error=reason)
+
+
+def analyse_image(detector: Detector, filename: str, read: Callable[[], np.ndarray],
+                  score_threshold: float) -> Tuple[ImageResult, Optional[np.ndarray]]:
+    """Reads one image, runs the model on it and records the outcome; never raises for a bad file.
+
+    Args:
+      filename: the name the record and every table carry.
+      read: returns the image as RGB ``uint8 [H, W, 3]`` or raises ImageReadError
+        (e.g. ``lambda: read_image(path)``, a future's ``result``, an upload decoder).
+      score_threshold: the threshold the record is shown at (the model keeps every box).
+    Returns:
+      The record and the pixels (None when the file could not be read or the model failed).
+    """
+    try:
+        image = read()
+    except ImageReadError as error:
+        return ImageResult(filename, error=error.reason), None
+    result = ImageResult(filename, int(image.shape[1]), int(image.shape[0]), score_threshold=score_threshold)
+    try:
+        boxes, seconds = timed_detect(detector, image)
+    except Exception as error:  # noqa: BLE001 - one image the model chokes on must not stop the others
+        return result.failed(f"model failed ({type(error).__name__}: {error})"), None
+    return replace(result, boxes=tuple(boxes), seconds=seconds), image
 
 
 def top_box(boxes: Sequence[Box]) -> Optional[Box]:
@@ -51,9 +115,7 @@ def image_finding(boxes: Sequence[Box]) -> Tuple[str, Optional[float]]:
     return "no lesion above the threshold", None
 
 
-def image_row(filename: str, width: Optional[int], height: Optional[int], boxes: Sequence[Box],
-              error: Optional[str] = None) -> List:
-    """One ``images.csv`` row: size, box count, top label and score, status, error."""
-    best = top_box(boxes)
-    return [filename, width, height, len(boxes), best.label if best else "",
-            round(float(best.score), 4) if best else None, "error" if error else "ok", error or ""]
+def finding_line(boxes: Sequence[Box]) -> str:
+    """The image-level finding with its score: ``"suspicious for malignancy (0.91)"``."""
+    sentence, score = image_finding(boxes)
+    return sentence if score is None else f"{sentence} ({score:.2f})"

@@ -37,3 +37,35 @@ def smoke_model(tmp_path_factory) -> Path:
     from busdet.training.smoke import train_smoke_model
 
     return train_smoke_model(tmp_path_factory.mktemp("smoke"))
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path) -> Path:
+    """An existing folder in which no file can be created, even by root.
+
+    ``chmod 555`` stops an ordinary user; root is stopped only by the immutable
+    attribute (``chattr +i``, ext4 and friends). Skipped where neither works.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = False
+    try:
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError:
+            pass  # chmod was enough
+        else:
+            chattr = shutil.which("chattr")
+            immutable = bool(chattr) and subprocess.run([chattr, "+i", str(folder)], capture_output=True).returncode == 0
+            if not immutable:
+                pytest.skip("cannot make a folder read-only here (root without chattr)")
+        yield folder
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)

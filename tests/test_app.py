@@ -222,3 +222,42 @@ def test_smoke_model_end_to_end_slider_reuses_detections(smoke_model, label_map_
     at.sidebar.slider[0].set_value(1.0).run()
     assert len(at.dataframe[-1].value) <= low
     assert len(calls) == 1
+
+
+# --- hostile input (issue 11): one clear error, no traceback, the other files still run ---
+
+
+def test_multi_page_tiff_upload_is_named_and_the_others_still_run(fake_model):
+    import io
+
+    from PIL import Image
+
+    pages = [Image.fromarray(np.full((40, 60), value, np.uint8)) for value in (40, 90)]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, format="TIFF", save_all=True, append_images=pages[1:])
+    at = run_app()
+    at.sidebar.file_uploader[0].set_value([("cine.tif", buffer.getvalue(), "image/tiff"),
+                                           ("good.png", phantom_png(1), "image/png")]).run()
+    press_detect(at)
+    assert len(at.error) == 1
+    assert "cine.tif: holds 2 pages (multi-page TIFF); only single images are read: save each one as its own file" \
+        in [t.value for t in at.text]
+    assert at.dataframe[0].value["status"].tolist() == ["error", "ok"]
+    assert fake_model.calls == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated model info", "other classes"])
+def test_damaged_or_mismatched_model_is_one_error(monkeypatch, tmp_path, label_map_path, damage):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "saved_model.pb").write_bytes(b"")
+    info = '{"input_size": [640, 6' if damage == "truncated model info" else '{"classes": {"1": "cyst"}}'
+    (model / "model_info.json").write_text(info)
+    monkeypatch.setenv("BUSDET_MODEL_DIR", str(model))
+    monkeypatch.setenv("BUSDET_LABEL_MAP", str(label_map_path))
+    at = run_app()
+    assert len(at.error) == 1 and "No usable model" in at.error[0].value
+    detail = [t.value for t in at.text]
+    assert len(detail) == 1 and detail[0].startswith(str(model / "model_info.json") if damage.startswith("trunc")
+                                                     else f"{label_map_path}: classes")
+    assert not at.sidebar.button, "the page stops before its controls"

@@ -1,4 +1,4 @@
-"""Take-away bytes of the page: annotated PNG, CSV, JSON and the batch ZIP."""
+"""Take-away bytes of the page: annotated PNG, CSV, JSON and the batch ZIP (busdet.downloads, busdet.tables)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,20 @@ import pandas as pd
 import pytest
 
 from busdet.boxes import Box
-from busdet.downloads import (ImageResult, annotated_png, boxes_table, download_stem, finding_line, image_downloads,
-                              images_csv, images_table, predictions_csv, predictions_json, results_zip)
+from busdet.downloads import annotated_png, image_downloads, predictions_json, results_zip
+from busdet.files import safe_stem
 from busdet.images import decode_image
-from busdet.results import IMAGE_COLUMNS, PREDICTION_COLUMNS
+from busdet.results import ImageResult, finding_line
+from busdet.tables import IMAGE_COLUMNS, PREDICTION_COLUMNS, boxes_table, images_csv, predictions_csv, summary_table
 
 
 def make_result(name="scan.png", boxes=(), shape=(40, 60)) -> ImageResult:
-    image = np.full((*shape, 3), 30, dtype=np.uint8)
-    return ImageResult(name, image, tuple(boxes), score_threshold=0.5, seconds=0.25)
+    return ImageResult(name, shape[1], shape[0], tuple(boxes), score_threshold=0.5, seconds=0.25)
+
+
+def pixels(result: ImageResult) -> np.ndarray:
+    """The uniform gray image every ``make_result`` stands for."""
+    return np.full((result.height, result.width, 3), 30, dtype=np.uint8)
 
 
 MALIGNANT = Box(10, 5, 30, 25, "malignant", 0.91234)
@@ -34,16 +39,17 @@ BENIGN = Box(2, 2, 8, 9, "benign", 0.6)
     (".png", "png"),
     ("", "image"),
 ])
-def test_download_stem_keeps_a_safe_file_name(name, stem):
-    assert download_stem(name) == stem
+def test_safe_stem_keeps_a_safe_file_name(name, stem):
+    assert safe_stem(name) == stem
 
 
 def test_annotated_png_is_a_full_resolution_png_with_boxes_drawn():
     result = make_result(boxes=[MALIGNANT])
-    pixels = decode_image(annotated_png(result), "annotated.png")
-    assert pixels.shape == result.image.shape
-    assert not np.array_equal(pixels, result.image)
-    assert np.array_equal(result.image, np.full_like(result.image, 30)), "input must not change"
+    image = pixels(result)
+    drawn = decode_image(annotated_png(result, image), "annotated.png")
+    assert drawn.shape == image.shape
+    assert not np.array_equal(drawn, image)
+    assert np.array_equal(image, np.full_like(image, 30)), "input must not change"
 
 
 def test_predictions_csv_has_the_cli_columns_and_integer_geometry():
@@ -69,10 +75,10 @@ def test_predictions_json_records_finding_threshold_and_boxes():
     }]
 
 
-def test_images_table_accounts_for_every_file_including_unreadable_ones():
+def test_summary_table_accounts_for_every_file_including_unreadable_ones():
     results = [make_result("a.png", [BENIGN]), ImageResult("b.png", error="b.png: not a recognised image format"),
                make_result("c.png")]
-    table = images_table(results)
+    table = summary_table(results)
     assert table["filename"].tolist() == ["a.png", "b.png", "c.png"]
     assert table["status"].tolist() == ["ok", "error", "ok"]
     assert table["finding"].tolist() == ["benign-appearing lesion", "", "no lesion above the threshold"]
@@ -83,14 +89,15 @@ def test_images_table_accounts_for_every_file_including_unreadable_ones():
 def test_results_zip_holds_tables_and_one_png_per_readable_image():
     results = [make_result("scan.png", [MALIGNANT]), make_result("dir/scan.png"),
                ImageResult("broken.png", error="broken.png: file is empty")]
-    archive = zipfile.ZipFile(io.BytesIO(results_zip(results)))
+    images = [pixels(r) if r.ok else None for r in results]
+    archive = zipfile.ZipFile(io.BytesIO(results_zip(results, images)))
     assert sorted(archive.namelist()) == [
         "annotated/scan_2_annotated.png", "annotated/scan_annotated.png",
         "images.csv", "predictions.csv", "predictions.json"]
     assert archive.read("predictions.csv") == predictions_csv(results)
     assert len(json.loads(archive.read("predictions.json"))) == 3
     assert decode_image(archive.read("annotated/scan_annotated.png")).shape == (40, 60, 3)
-    assert results_zip(results) == results_zip(results), "the archive must not record the time"
+    assert results_zip(results, images) == results_zip(results, images), "the archive must not record the time"
 
 
 def test_finding_line_gives_the_sentence_and_its_score():
@@ -107,10 +114,10 @@ def test_boxes_table_lists_label_and_score_first():
 
 def test_image_downloads_build_the_three_files_on_demand():
     result = make_result("../case 7.png", [MALIGNANT])
-    files = {label: (name, mime, build) for label, name, mime, build in image_downloads(result)}
+    files = {label: (name, mime, build) for label, name, mime, build in image_downloads(result, pixels(result))}
     assert {label: name for label, (name, _, _) in files.items()} == {
         "Annotated PNG": "case_7_annotated.png", "Boxes CSV": "case_7_predictions.csv",
         "Boxes JSON": "case_7_predictions.json"}
-    assert files["Annotated PNG"][2]() == annotated_png(result)
+    assert files["Annotated PNG"][2]() == annotated_png(result, pixels(result))
     assert files["Boxes CSV"][2]() == predictions_csv([result])
     assert json.loads(files["Boxes JSON"][2]())[0]["filename"] == "../case 7.png"

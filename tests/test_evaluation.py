@@ -17,7 +17,7 @@ from busdet.evaluation.matching import at_threshold, match_all, match_image
 from busdet.evaluation.metrics import roc_auc
 from busdet.evaluation.plots import confusion_counts
 from busdet.images import write_image
-from busdet.results import PREDICTION_COLUMNS, predictions_frame
+from busdet.tables import PREDICTION_COLUMNS, predictions_frame
 from tools import evaluate as evaluate_cli
 
 AP_KEYS = ["AP50_benign", "AP50_malignant", "mAP50", "AP50_lesion", "mAP50_95"]
@@ -83,7 +83,7 @@ def test_boxes_on_normal_images_count_against_precision():
     predictions = {"lesion.png": [scored(truth["lesion.png"][0], 0.7)],
                    "normal_1.png": [Box(0, 0, 10, 10, "benign", 0.8)],
                    "normal_2.png": [Box(0, 0, 10, 10, "benign", 0.3)]}
-    metrics = evaluate(truth, labels, predictions, threshold=0.5)
+    metrics = evaluate(truth, labels, predictions, score_threshold=0.5)
     assert metrics["normal_with_box_rate"] == 0.5
     assert metrics["lesion_precision"] == 0.5 and metrics["lesion_recall"] == 1.0
     # The false box outranks the true one: precision 1/2 at every recall -> AP 0.5.
@@ -97,7 +97,7 @@ def test_malignancy_auc_of_a_known_ranking():
     # malignant 0.9 and 0.4 vs other 0.6 and 0 (no box): 3 of 4 pairs ordered right.
     predictions = {"m1.png": [scored(box, 0.9)], "m2.png": [scored(box, 0.4)],
                    "b1.png": [scored(box, 0.6), scored(box, 0.95, label="benign")]}
-    metrics = evaluate(truth, labels, predictions, threshold=0.5)
+    metrics = evaluate(truth, labels, predictions, score_threshold=0.5)
     assert metrics["AUC_malignant_image"] == pytest.approx(0.75)
     assert metrics["malignant_sensitivity"] == 0.5 and metrics["malignant_specificity"] == 0.5
 
@@ -191,8 +191,9 @@ def test_predictions_csv_round_trip_and_empty_files(tmp_path):
     assert read_predictions_csv(path) == {"a.png": boxes}
     path.write_text(",".join(PREDICTION_COLUMNS) + "\n")
     assert read_predictions_csv(path) == {}
-    path.write_text("")
-    assert read_predictions_csv(path) == {}
+    path.write_text("")  # a 0-byte file is not "no boxes": it is a file that was never written (issue 11)
+    with pytest.raises(EvaluationInputError, match="file is empty"):
+        read_predictions_csv(path)
     path.write_text("filename,score\n")
     with pytest.raises(EvaluationInputError, match="missing column"):
         read_predictions_csv(path)
@@ -251,7 +252,7 @@ def test_cli_writes_metrics_plots_report_and_gallery(tmp_path, csv_pair, caplog)
     assert "malignant_2.png: not found" in caplog.text
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["lesion_recall"] == pytest.approx(3 / 5) and metrics["normal_with_box_rate"] == 0.5
-    assert metrics["threshold"] == 0.5 and metrics["images"] == 6
+    assert metrics["score_threshold"] == 0.5 and metrics["images"] == 6
     for name in ["pr_curves.png", "roc_malignant_image.png", "confusion_matrix.png", "score_histograms.png"]:
         assert (output / name).stat().st_size > 1000, name
     gallery = sorted(p.name for p in (output / "gallery").iterdir())
@@ -286,3 +287,67 @@ def test_cli_without_images_and_with_empty_predictions(tmp_path, csv_pair):
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["AP50_lesion"] == 0.0
     assert "No gallery" in (tmp_path / "r" / "report.md").read_text()
     assert not (tmp_path / "r" / "gallery").exists()
+
+
+# --- hostile rows (issue 11, case 1): refused with file, line and reason, never used or dropped ---
+
+BAD_PREDICTION_ROWS = {
+    "NaN score": ("benign_1.png,10,10,30,20,benign,NaN", "line 2: score 'NaN' is not a finite number"),
+    "negative width": ("benign_1.png,10,10,-30,20,benign,0.9", "line 2: width -30 and height 20 must both be above 0"),
+    "empty width": ("benign_1.png,10,10,,20,benign,0.9", "line 2: width empty (give all four box fields"),
+    "NaN xmin": ("benign_1.png,NaN,10,30,20,benign,0.9", "line 2: xmin 'NaN' is not a finite number"),
+    "score above 1": ("benign_1.png,10,10,30,20,benign,1.5", "line 2: score 1.5 is not between 0 and 1"),
+    "text score": ("benign_1.png,10,10,30,20,benign,high", "line 2: score 'high' is not a number"),
+    "no score": ("benign_1.png,10,10,30,20,benign,", "line 2: score empty (every box needs one)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PREDICTION_ROWS, ids=list(BAD_PREDICTION_ROWS))
+def test_cli_refuses_a_bad_prediction_row_in_one_line(tmp_path, csv_pair, capsys, case):
+    row, reason = BAD_PREDICTION_ROWS[case]
+    annotations, predictions = csv_pair
+    bad = tmp_path / "bad.csv"
+    bad.write_text(",".join(PREDICTION_COLUMNS) + "\n" + row + "\n" + "\n".join(predictions.read_text().splitlines()[1:]))
+    status = run_cli("--annotations", annotations, "--predictions", bad, "--output", tmp_path / "report")
+    assert status == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {bad}: {reason}") and error.count("\n") == 1
+    assert not (tmp_path / "report").exists()
+
+
+def test_cli_refuses_an_empty_predictions_file(tmp_path, csv_pair, capsys):
+    """A 0-byte file is a file that was never written, not an image set without boxes (case 7)."""
+    annotations, _ = csv_pair
+    (tmp_path / "zero.csv").write_bytes(b"")
+    assert run_cli("--annotations", annotations, "--predictions", tmp_path / "zero.csv",
+                   "--output", tmp_path / "report") == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'zero.csv'}: file is empty (expected the header "
+                                       f"{','.join(PREDICTION_COLUMNS)})\n")
+
+
+def test_cli_refuses_a_bad_annotation_row_too(tmp_path, csv_pair, capsys):
+    annotations, predictions = csv_pair
+    text = annotations.read_text().splitlines()
+    annotations.write_text("\n".join([text[0], "benign_1.png,10,10,30,,benign", *text[1:]]) + "\n")
+    assert run_cli("--annotations", annotations, "--predictions", predictions, "--output", tmp_path / "report") == 2
+    assert capsys.readouterr().err.startswith(f"error: {annotations}: line 2: height empty")
+
+
+def test_cli_threshold_defaults_to_the_models_operating_point(tmp_path, csv_pair):
+    from busdet.inference import DEFAULT_SCORE_THRESHOLD, write_model_info
+
+    annotations, predictions = csv_pair
+    write_model_info(tmp_path / "model", {"score_threshold": 0.65})
+    run_cli("--annotations", annotations, "--predictions", predictions, "--output", tmp_path / "a",
+            "--model", tmp_path / "model")
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["score_threshold"] == 0.65
+    run_cli("--annotations", annotations, "--predictions", predictions, "--output", tmp_path / "b",
+            "--model", tmp_path / "no_model")
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["score_threshold"] == DEFAULT_SCORE_THRESHOLD
+
+
+def test_cli_refuses_an_unwritable_report_folder_before_reading(tmp_path, csv_pair, capsys, unwritable_folder):
+    annotations, predictions = csv_pair
+    assert run_cli("--annotations", annotations, "--predictions", predictions,
+                   "--output", unwritable_folder / "report") == 2
+    assert capsys.readouterr().err.startswith(f"error: {unwritable_folder / 'report'}: cannot write there")

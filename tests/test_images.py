@@ -1,9 +1,8 @@
-"""Image reading gives the pixels a viewer shows; bad files fail with the file's name; atomic writes."""
+"""Image reading gives the pixels a viewer shows; bad files fail with the file's name."""
 
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -12,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from busdet.images import (ImageReadError, atomic_write, decode_image, encode_png, is_image_file, read_image,
-                           write_image)
+from busdet.images import ImageReadError, decode_image, encode_png, is_image_file, read_image, write_image
 
 
 def png_bytes(image: Image.Image, **options) -> bytes:
@@ -158,61 +156,3 @@ def test_write_image_refuses_to_overwrite_when_asked(tmp_path):
     with pytest.raises(FileExistsError):
         write_image(path, np.full((4, 4, 3), 255, np.uint8), overwrite=False)
     assert path.read_bytes() == before
-
-
-def test_atomic_write_replaces_on_success(tmp_path):
-    path = tmp_path / "sub" / "out.csv"
-    with atomic_write(path, "w") as stream:
-        stream.write("a,b\n")
-        assert not path.exists(), "nothing visible before the end"
-    assert path.read_text(encoding="utf-8") == "a,b\n"
-    assert sorted(p.name for p in path.parent.iterdir()) == ["out.csv"]
-
-
-@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
-def test_atomic_write_leaves_the_old_file_and_no_temp_on_exception(tmp_path, error):
-    path = saved(tmp_path, "out.csv", b"old\n")
-    with pytest.raises(error):
-        with atomic_write(path, "wb") as stream:
-            stream.write(b"half of the new")
-            raise error()
-    assert path.read_bytes() == b"old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
-
-
-def test_atomic_write_leaves_nothing_when_there_was_no_file(tmp_path):
-    with pytest.raises(ValueError):
-        with atomic_write(tmp_path / "new.json", "w"):
-            raise ValueError("boom")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_atomic_write_refuses_to_overwrite_when_asked(tmp_path):
-    path = saved(tmp_path, "out.csv", b"keep\n")
-    with pytest.raises(FileExistsError, match="out.csv"):
-        with atomic_write(path, "w", overwrite=False) as stream:
-            stream.write("lost")
-    assert path.read_bytes() == b"keep\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
-
-
-def test_atomic_write_gives_files_the_usual_permissions(tmp_path):
-    umask = os.umask(0o022)
-    try:
-        with atomic_write(tmp_path / "new.csv", "w") as stream:
-            stream.write("x")
-        assert (tmp_path / "new.csv").stat().st_mode & 0o777 == 0o644, "not mkstemp's private 0600"
-        existing = saved(tmp_path, "existing.csv", b"x")
-        existing.chmod(0o640)
-        with atomic_write(existing, "w") as stream:
-            stream.write("y")
-        assert existing.stat().st_mode & 0o777 == 0o640, "a replaced file keeps its mode"
-    finally:
-        os.umask(umask)
-
-
-def test_text_mode_writes_utf8_and_keeps_newlines(tmp_path):
-    path = tmp_path / "t.csv"
-    with atomic_write(path, "w") as stream:
-        stream.write("bénin\r\nx\n")
-    assert path.read_bytes() == "bénin\r\nx\n".encode("utf-8")

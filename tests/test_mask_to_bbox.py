@@ -381,3 +381,57 @@ def test_numbered_masks_without_the_first_are_converted_with_a_warning(tmp_path,
     warnings = [line for line in lines if line.startswith("warning:")]
     assert len(warnings) == 1 and "case.png" in warnings[0] and "no case_mask.png" in warnings[0]
     assert rows_of(output) == [["case.png", "30", "5", "20", "10", "benign"]]
+
+
+# --- hostile input (issue 11, case 3) ---------------------------------------------
+
+
+@pytest.mark.parametrize("negatives", [[], ["--include-negatives"]], ids=["plain", "include-negatives"])
+def test_an_empty_mask_of_a_lesion_image_is_skipped_not_called_negative(dataset_copy, tmp_path, capsys, negatives):
+    folder, truth = dataset_copy
+    mask_path = folder / "benign" / "phantom_benign (2)_mask.png"
+    Image.fromarray(np.zeros_like(np.asarray(Image.open(mask_path)))).save(mask_path)
+    output = tmp_path / "annotations.csv"
+    status, lines = run(capsys, "--input", folder, "--output", output, *negatives)
+    assert status == 1
+    (line,) = skipped_lines(lines)
+    assert line == (f"skipped {folder / 'benign' / 'phantom_benign (2).png'}: no lesion region of at least 50 "
+                    "pixels in phantom_benign (2)_mask.png: a benign image needs one (check the mask, or lower "
+                    "--min-area)")
+    kept = [image for image in truth if image.filename != "phantom_benign (2).png"]
+    assert sorted(rows_of(output)) == expected_rows(kept, include_negatives=bool(negatives))
+
+
+def test_one_class_folder_as_input_is_refused_with_the_layout(phantom_dataset, tmp_path, capsys):
+    folder, _ = phantom_dataset
+    output = tmp_path / "annotations.csv"
+    status, lines = run(capsys, "--input", folder / "benign", "--output", output)
+    assert status == 2 and len(lines) == 1
+    assert lines[0].startswith(f"error: {folder / 'benign'}: no class folders, only images (expected one "
+                               "sub-folder per class")
+    assert "is this one class folder? Give the folder that holds the class folders" in lines[0]
+    assert not output.exists()
+    (tmp_path / "empty").mkdir()
+    status, lines = run(capsys, "--input", tmp_path / "empty", "--output", output)
+    assert status == 2 and lines == [f"error: {tmp_path / 'empty'}: no class folder with images (expected one "
+                                     f"sub-folder per class, e.g. {tmp_path / 'empty' / 'benign' / 'NAME.png'} "
+                                     "beside NAME_mask.png)"]
+
+
+def test_an_output_that_is_a_folder_is_refused_before_any_work(phantom_dataset, tmp_path, capsys, monkeypatch):
+    folder, _ = phantom_dataset
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(mask_to_bbox.annotations, "annotate_dataset",
+                        lambda *args, **kwargs: pytest.fail("converted before checking --output"))
+    status, lines = run(capsys, "--input", folder, "--output", tmp_path / "out")
+    assert status == 2
+    assert lines == [f"error: {tmp_path / 'out'}: is a folder; name the file to write, e.g. "
+                     f"{tmp_path / 'out' / 'annotations.csv'}"]
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_output_in_a_read_only_folder_is_refused_before_any_work(phantom_dataset, capsys, unwritable_folder):
+    folder, _ = phantom_dataset
+    status, lines = run(capsys, "--input", folder, "--output", unwritable_folder / "annotations.csv")
+    assert status == 2 and len(lines) == 1
+    assert lines[0].startswith(f"error: {unwritable_folder}: cannot write there (")

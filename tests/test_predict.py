@@ -19,12 +19,13 @@ from PIL import Image
 
 import predict
 from busdet import batch, images
-from busdet.boxes import Box, box_to_pixel_xywh, boxes_to_normalized_yxyx
+from busdet.boxes import box_to_pixel_xywh, boxes_to_normalized_yxyx
 from busdet.drawing import CLASS_COLOURS
 from busdet.inference import Detector
 from busdet.phantoms import generate_phantom
-from busdet.results import IMAGE_COLUMNS, PREDICTION_COLUMNS
+from busdet.tables import IMAGE_COLUMNS, PREDICTION_COLUMNS
 
+ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {1: "benign", 2: "malignant"}
 CLASS_IDS = {name: class_id for class_id, name in CLASSES.items()}
 # One malignant box over columns 20..99 and rows 25..74 of a 200 x 100 image, and
@@ -398,7 +399,7 @@ def test_defaults_are_the_seeds_command_and_help_explains_the_statuses():
     args = predict.get_args_parser().parse_args([])
     assert (args.input, args.output, args.width, args.height, args.model, args.label_map) == (
         Path("input"), Path("output"), 640, 640, Path("saved_model"), Path("label_map.pbtxt"))
-    assert args.threshold is None and not args.recursive and not args.overwrite
+    assert args.score_threshold is None and not args.recursive and not args.overwrite
     help_text = predict.get_args_parser().format_help()
     for status in ["0 ", "1 ", "2 ", "130"]:
         assert f"\n  {status}" in help_text
@@ -427,3 +428,168 @@ def test_real_model_on_phantoms(tmp_path, smoke_model, label_map_path):
         assert len(mine) == row.boxes
         assert ((mine["xmin"] >= 0) & (mine["xmin"] + mine["width"] <= row.width)).all()
         assert ((mine["ymin"] >= 0) & (mine["ymin"] + mine["height"] <= row.height)).all()
+
+
+# --- the page and the CLI agree (issue 11) -------------------------------------
+
+
+def test_page_and_cli_write_byte_identical_tables(tmp_path, monkeypatch):
+    """The page's images.csv and predictions.csv (its ZIP) equal predict.py's for the same files."""
+    import zipfile
+
+    import streamlit as st
+
+    import app
+    from busdet.downloads import results_zip
+
+    st.cache_data.clear()  # the page's caches live in this process: start from nothing
+    _write_bad_inputs(tmp_path / "in")
+    save(tmp_path / "in" / "second.png", gray_ramp(120, 90))
+    assert run_cli(monkeypatch, fake_detector(fail_on_call=2), "--input", tmp_path / "in",
+                   "--output", tmp_path / "out") == 1
+    uploads = [(p.name, p.read_bytes()) for p in sorted((tmp_path / "in").iterdir()) if images.is_image_file(p)]
+    detector = fake_detector(fail_on_call=2)
+    analysed = [app.analyse(detector, name, data, hashlib.sha256(data).hexdigest(), detector.score_threshold)
+                for name, data in uploads]
+    archive = zipfile.ZipFile(io.BytesIO(results_zip(*zip(*analysed))))
+    for table in ["images.csv", "predictions.csv"]:
+        assert archive.read(table) == (tmp_path / "out" / table).read_bytes(), table
+    statuses = read_tables(tmp_path / "out")[1].set_index("filename")["status"]
+    assert statuses.to_dict() == {"bomb.png": "error", "empty.png": "error", "good.png": "ok",
+                                  "second.png": "error", "text.jpg": "error", "truncated.png": "error"}
+
+
+# --- hostile input (issue 11): one line, the documented status, no traceback ------------
+
+
+def fake_model_dir(folder: Path, classes: dict) -> Path:
+    """A folder that passes load_detector's checks up to TensorFlow (they come first)."""
+    from busdet.inference import write_model_info
+
+    folder.mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"")
+    write_model_info(folder, {"input_size": [640, 640], "classes": {str(k): v for k, v in classes.items()}})
+    return folder
+
+
+@pytest.mark.parametrize("items", ['item { id: 1 name: "benign" }',
+                                   'item { id: 1 name: "malignant" } item { id: 2 name: "benign" }'],
+                         ids=["id 2 missing", "ids swapped"])
+def test_label_map_other_than_the_models_is_refused_without_a_traceback(tmp_path, items):
+    """Run as a user runs it: a separate process, stderr as the user sees it (case 2)."""
+    import subprocess
+    import sys
+
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    model = fake_model_dir(tmp_path / "model", CLASSES)
+    (tmp_path / "labels.pbtxt").write_text(items)
+    done = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--input", str(tmp_path / "in"),
+                           "--output", str(tmp_path / "out"), "--model", str(model),
+                           "--label", str(tmp_path / "labels.pbtxt")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {tmp_path / 'labels.pbtxt'}: classes ") and done.stderr.count("\n") == 1
+    assert "differ from the model's {1 benign, 2 malignant}" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_only_output_folder_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys, unwritable_folder):
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    loads = []
+    monkeypatch.setattr(predict, "load_detector", lambda *args: loads.append(args) or fake_detector())
+    for output in (unwritable_folder, unwritable_folder / "new"):
+        args = predict.get_args_parser().parse_args(["--input", str(tmp_path / "in"), "--output", str(output)])
+        assert predict.main(args) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {output}: cannot write there (") and error.count("\n") == 1
+        assert error.endswith("); choose another --output\n")
+    assert loads == [] and list(unwritable_folder.iterdir()) == []
+
+
+def test_damaged_model_info_is_one_line_and_exit_2(tmp_path, capsys, label_map_path):
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    model = fake_model_dir(tmp_path / "model", CLASSES)
+    (model / "model_info.json").write_text('{"input_size": [640, 64')  # cut short
+    args = predict.get_args_parser().parse_args(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                                                 "--model", str(model), "--label", str(label_map_path)])
+    assert predict.main(args) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {model / 'model_info.json'}: damaged (") and error.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_truncated_weights_are_one_line_and_exit_2(tmp_path, label_map_path):
+    """The shipped model with half of its weights cut off, run as a user would (case 5)."""
+    import shutil
+    import subprocess
+    import sys
+
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    model = tmp_path / "damaged"
+    shutil.copytree(ROOT / "saved_model", model)
+    weights = next((model / "variables").glob("variables.data-*"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    done = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--input", str(tmp_path / "in"),
+                           "--output", str(tmp_path / "out"), "--model", str(model),
+                           "--label", str(label_map_path)], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"error: {model}: cannot load the SavedModel's serving_default (IndexError" in done.stderr
+
+
+def multi_page_tiff(path: Path, pages: int) -> Path:
+    frames = [Image.fromarray(gray_ramp()) for _ in range(pages)]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    return path
+
+
+def test_multi_page_tiff_is_named_not_cut_to_its_first_page(tmp_path, monkeypatch, caplog):
+    (tmp_path / "in").mkdir()
+    multi_page_tiff(tmp_path / "in" / "cine.tif", 3)
+    save(tmp_path / "in" / "single.tif", gray_ramp())
+    detector = fake_detector()
+    assert run_cli(monkeypatch, detector, "--input", tmp_path / "in", "--output", tmp_path / "out") == 1
+    rows = read_tables(tmp_path / "out")[1].set_index("filename")
+    assert rows.loc["single.tif", "status"] == "ok" and rows.loc["cine.tif", "status"] == "error"
+    assert rows.loc["cine.tif", "error"].startswith("holds 3 pages (multi-page TIFF)")
+    assert any("cine.tif: holds 3 pages" in message for message in caplog.messages)
+    assert len(detector.calls) == 1 and not (tmp_path / "out" / "cine.tif").exists()
+
+
+def test_other_files_are_named_with_the_reason(tmp_path, monkeypatch, caplog, capsys):
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    (tmp_path / "in" / "frame.dcm").write_bytes(b"DICM")
+    (tmp_path / "in" / "notes.txt").write_text("notes")
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
+    assert f"{tmp_path / 'in' / 'frame.dcm'}: passed over: DICOM is not read; export the frames as PNG" \
+        in caplog.messages
+    assert any(m.startswith(f"{tmp_path / 'in' / 'notes.txt'}: passed over: not an image file (png, jpg")
+               for m in caplog.messages)
+    assert "2 other files passed over" in capsys.readouterr().err
+
+
+def test_recursive_follows_linked_folders_and_names_a_loop(tmp_path, monkeypatch, caplog):
+    save(tmp_path / "elsewhere" / "linked.png", gray_ramp())
+    save(tmp_path / "in" / "top.png", gray_ramp())
+    (tmp_path / "in" / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere" / "back").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # a loop
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out",
+                   "--recursive") == 0
+    assert read_tables(tmp_path / "out")[1]["filename"].tolist() == ["top.png", "link/linked.png"]
+    assert (tmp_path / "out" / "link" / "linked.png").is_file()
+    assert f"{tmp_path / 'in' / 'link' / 'back'}: passed over: a folder already read through another link; " \
+           "not read twice" in caplog.messages
+
+
+def test_ctrl_c_while_the_model_loads_is_one_line_and_130(tmp_path, monkeypatch, capsys):
+    from busdet.cli import run_command
+
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+
+    def interrupted_load(model, label_map):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "load_detector", interrupted_load)
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    assert run_command(predict.main, predict.get_args_parser(), argv) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+    assert not (tmp_path / "out").exists()

@@ -92,14 +92,14 @@ def test_smoke_training_exports_a_model_that_reloads_and_predicts(smoke_model, l
 
 @pytest.mark.slow
 def test_measure_model_picks_threshold_on_val_and_reports_test(smoke_model, label_map_path, tmp_path):
-    from busdet.training.measure import measure_model
+    from busdet.evaluation.measure import measure_model
 
     detector = load_detector(smoke_model, label_map_path)
     work = smoke_model.parent
     summary = measure_model(detector, work / "centre_a", work / "centre_a_split.csv", tmp_path)
     assert set(summary) == {"threshold_rule", "score_threshold", "val", "test"}
     assert 0.0 <= summary["score_threshold"] <= 1.0
-    assert summary["test"]["threshold"] == summary["score_threshold"]
+    assert summary["test"]["score_threshold"] == summary["score_threshold"]
     for name in ("val", "test"):
         assert (tmp_path / name / "metrics.json").is_file() and (tmp_path / name / "report.md").is_file()
 
@@ -186,7 +186,7 @@ def test_validation_without_a_malignant_image_still_ranks_checkpoints():
 
 @pytest.mark.parametrize("chosen, stored", [(0.23526, 0.2352), (0.2353, 0.2353), (0.5, 0.5), (0.99999, 0.9999)])
 def test_stored_threshold_never_rounds_up_past_the_chosen_box(chosen, stored):
-    from busdet.training.measure import stored_threshold
+    from busdet.evaluation.measure import stored_threshold
 
     assert stored_threshold(chosen) == pytest.approx(stored)
     assert stored_threshold(chosen) <= chosen

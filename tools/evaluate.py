@@ -2,7 +2,7 @@
 """Evaluate lesion predictions against annotations: metrics, plots, gallery and a report.
 
     python tools/evaluate.py --annotations annotations.csv --predictions predictions.csv --output report/ \
-        [--images ../shared/busi/Dataset_BUSI_with_GT] [--threshold 0.5]
+        [--images ../shared/busi/Dataset_BUSI_with_GT] [--score-threshold 0.5]
 
 ``annotations.csv`` is ``tools/mask_to_bbox.py --include-negatives`` output;
 ``predictions.csv`` is ``predict.py``'s, made at a low threshold (e.g. 0.01) so that
@@ -10,9 +10,12 @@ the precision-recall curves are complete. The report folder gets ``metrics.json`
 PNG plots, ``gallery/`` (with ``--images``) and ``report.md``. It holds pictures
 of the images: keep it out of the repository (``/report/`` is ignored).
 
+Both CSVs are checked row by row first: a NaN, an empty or negative width, a
+score outside [0, 1] or an empty file stops the run with the file, line and reason.
+
 Exit status: 0 report written, 1 written but some gallery images were missing or
-unreadable (see stderr), 2 bad input (e.g. predictions for images the annotations
-do not list).
+unreadable (see stderr), 2 bad input (a bad row, predictions for images the
+annotations do not list, an output folder that cannot be written), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -25,8 +28,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from busdet import evaluation  # noqa: E402
-from busdet.annotations import read_annotations_csv  # noqa: E402
+from busdet.cli import run_command  # noqa: E402
+from busdet.files import check_writable_folder  # noqa: E402
+from busdet.inference import (DEFAULT_SCORE_THRESHOLD, ModelLoadError, default_score_threshold,  # noqa: E402
+                              read_model_info)
 from busdet.label_map import load_label_map  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 HEADLINE = ["mAP50", "AP50_benign", "AP50_malignant", "AP50_lesion", "mAP50_95", "AUC_malignant_image",
             "lesion_recall", "lesion_precision", "malignant_sensitivity", "malignant_specificity",
@@ -40,30 +48,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, type=Path, help="report folder to write")
     parser.add_argument("--images", type=Path, help="folder holding the images (searched recursively), "
                                                     "for the gallery of worst cases")
-    parser.add_argument("--threshold", type=float, default=evaluation.DEFAULT_SCORE_THRESHOLD,
-                        help="operating score threshold (default: %(default)s)")
-    parser.add_argument("--label", "--label-map", dest="label_map", type=Path,
-                        default=Path(__file__).resolve().parents[1] / "label_map.pbtxt",
+    parser.add_argument("--score-threshold", "--threshold", dest="score_threshold", type=float, default=None,
+                        help="operating score threshold (default: that of --model, as predict.py and the "
+                             f"page use it, else {DEFAULT_SCORE_THRESHOLD})")
+    parser.add_argument("--model", type=Path, default=ROOT / "saved_model",
+                        help="the model whose operating threshold is the default; only its model_info.json "
+                             "is read (default: the project's)")
+    parser.add_argument("--label", "--label-map", dest="label_map", type=Path, default=ROOT / "label_map.pbtxt",
                         help="label map naming the lesion classes (default: the project's)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING)
-    if not 0.0 <= args.threshold <= 1.0:
-        print(f"error: --threshold {args.threshold} is not between 0 and 1", file=sys.stderr)
-        return 2
     if args.images is not None and not args.images.is_dir():
         print(f"error: --images {args.images}: not a folder", file=sys.stderr)
         return 2
     try:
+        threshold = args.score_threshold
+        if threshold is None:
+            threshold = default_score_threshold(read_model_info(args.model))
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"--score-threshold {threshold} is not between 0 and 1")
+        check_writable_folder(args.output)
         classes = list(load_label_map(args.label_map).values())
-        truth, image_labels = read_annotations_csv(args.annotations)
+        truth, image_labels = evaluation.read_annotations_csv(args.annotations)
         # predict.py --recursive writes relative paths; the annotations hold base names.
         predictions = evaluation.key_by_annotation_names(truth, evaluation.read_predictions_csv(args.predictions))
         evaluation.check_prediction_files(truth, predictions, source=str(args.predictions))
-        result = evaluation.compute_evaluation(truth, image_labels, predictions, args.threshold, classes)
-    except (OSError, ValueError) as error:  # EvaluationInputError is a ValueError
+        result = evaluation.compute_evaluation(truth, image_labels, predictions, threshold, classes)
+    except (OSError, ValueError, ModelLoadError) as error:  # EvaluationInputError and OutputError are ValueErrors
         print(f"error: {error}", file=sys.stderr)
         return 2
     outcome = evaluation.write_evaluation_report(
@@ -71,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
         sources={"annotations": str(args.annotations), "predictions": str(args.predictions)})
     metrics = result.metrics
     print(f"{metrics['images']} images, {metrics['lesions']} lesions, {metrics['predicted_boxes']} boxes, "
-          f"threshold {args.threshold:g}")
+          f"score threshold {threshold:g}")
     for key in (k for k in HEADLINE if k in metrics):
         print(f"  {key:24s} {'n/a' if metrics[key] is None else format(metrics[key], '.3f')}")
     print(f"report: {args.output / 'report.md'} ({len(outcome.gallery)} gallery pictures)")
@@ -79,4 +93,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(run_command(main, get_args_parser()))

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Export a training run's checkpoint as the product's SavedModel.
 
-    python tools/export_model.py --model-dir runs/stage2_640 --output saved_model [--threshold 0.4]
+    python tools/export_model.py --model-dir runs/stage2_640 --output saved_model [--score-threshold 0.4]
 
 Uses the run's own params.yaml (written by tools/train.py), Model Garden's
 exporter, and writes saved_model/model_info.json (input size, label map,
 operating threshold). The previous export is replaced only when the new one is
-complete. Exit status: 0 exported, 2 bad arguments or no checkpoint.
+complete. Exit status: 0 exported, 2 bad arguments or no checkpoint, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
+from busdet.cli import run_command  # noqa: E402
+from busdet.inference import DEFAULT_SCORE_THRESHOLD  # noqa: E402
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,9 +29,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="checkpoint file or folder (default: the run's best/ if present, else latest)")
     parser.add_argument("--output", type=Path, default=ROOT / "saved_model", help="SavedModel folder to write")
     parser.add_argument("--label", type=Path, default=ROOT / "label_map.pbtxt", help="label map")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="operating score threshold to store (default: none, so 0.7 until "
-                             "tools/measure_model.py --write-model-info chooses one on the validation split)")
+    parser.add_argument("--score-threshold", "--threshold", dest="score_threshold", type=float, default=None,
+                        help=f"operating score threshold to store (default: none, so {DEFAULT_SCORE_THRESHOLD} "
+                             "until tools/measure_model.py --write-model-info chooses one on the validation split)")
     parser.add_argument("--params-override", default=None,
                         help="YAML/JSON overrides for the exported graph, e.g. "
                              "'task: {model: {detection_generator: {use_class_agnostic_nms: false}}}'")
@@ -50,7 +53,8 @@ def main(args: argparse.Namespace) -> int:
         if checkpoint is None:
             best = args.model_dir / "best"
             checkpoint = str(best if best.is_dir() else args.model_dir)
-        output = export_saved_model(params, checkpoint, args.output, load_label_map(args.label), args.threshold)
+        output = export_saved_model(params, checkpoint, args.output, load_label_map(args.label),
+                                    args.score_threshold)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -59,4 +63,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(run_command(main, get_args_parser()))

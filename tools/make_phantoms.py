@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from busdet import phantoms  # noqa: E402
+from busdet.cli import run_command  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -56,4 +57,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(run_command(main, get_args_parser()))

@@ -7,9 +7,11 @@ The input holds one folder per class (``benign/``, ``malignant/``, ``normal/``) 
 ``NAME.png`` beside ``NAME_mask.png``, ``NAME_mask_1.png``, ... Every connected
 lesion region of at least ``--min-area`` pixels becomes one row
 ``filename,xmin,ymin,width,height,label``. Files that cannot be used are named on
-stderr with the reason; everything else is still written.
+stderr with the reason (among them a benign or malignant image whose masks hold no
+lesion region); everything else is still written.
 
-Exit status: 0 all files converted, 1 some files skipped (see stderr), 2 bad arguments.
+Exit status: 0 all files converted, 1 some files skipped (see stderr), 2 bad arguments
+(no class folders under --input, an --output that cannot be written), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from tqdm import tqdm  # noqa: E402
 
 from busdet import annotations  # noqa: E402
+from busdet.cli import run_command  # noqa: E402
+from busdet.files import check_output_file, write_csv, write_json  # noqa: E402
 from busdet.label_map import load_label_map  # noqa: E402
 
 
@@ -53,17 +57,21 @@ def main(args: argparse.Namespace) -> int:
     if not args.input.is_dir():
         print(f"error: {args.input}: not a folder (expected one sub-folder per class)", file=sys.stderr)
         return 2
-    images, problems = annotations.annotate_dataset(
-        args.input, list(classes.values()), args.negative_class, args.min_area,
-        progress=lambda cases: tqdm(cases, desc="masks", unit="image", file=sys.stderr))
+    try:
+        check_output_file(args.output)
+        images, problems = annotations.annotate_dataset(
+            args.input, list(classes.values()), args.negative_class, args.min_area,
+            progress=lambda cases: tqdm(cases, desc="masks", unit="image", file=sys.stderr))
+    except ValueError as error:  # an unwritable --output (OutputError); no class folder under --input
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     for problem in problems:
         print(problem.report_line, file=sys.stderr)
     skipped = sum(problem.skipped for problem in problems)
     if args.format == "coco":
-        annotations.write_coco(annotations.to_coco(images, classes), args.output)
+        write_json(annotations.annotations_to_coco(images, classes), args.output)
     else:
-        frame = annotations.annotations_to_frame(images, include_negatives=args.include_negatives)
-        annotations.write_csv(frame, args.output)
+        write_csv(annotations.annotations_to_frame(images, include_negatives=args.include_negatives), args.output)
     boxes = Counter(box.label for image in images for box in image.boxes)
     negatives = sum(1 for image in images if not image.boxes)
     per_class = ", ".join(f"{name} {boxes.get(name, 0)}" for name in classes.values())
@@ -73,4 +81,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(run_command(main, get_args_parser()))

@@ -10,13 +10,12 @@ writes a full evaluation report per split (report/val, report/test: keep it out 
 git, its gallery shows dataset images) and prints the metrics as JSON. With
 --write-model-info the threshold and the test metrics go into
 saved_model/model_info.json, where predict.py and the app read their default.
-Exit status: 0 done, 2 bad arguments or model.
+Exit status: 0 done, 2 bad arguments, model or dataset, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,8 +24,10 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 
 from tqdm import tqdm  # noqa: E402
 
-from busdet.images import atomic_write  # noqa: E402
-from busdet.inference import MODEL_INFO_FILE, ModelLoadError, load_detector, read_model_info  # noqa: E402
+from busdet.cli import run_command  # noqa: E402
+from busdet.evaluation.metrics import DEFAULT_TARGET_RECALL  # noqa: E402
+from busdet.files import json_text  # noqa: E402
+from busdet.inference import ModelLoadError, load_detector  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -36,14 +37,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label", type=Path, default=ROOT / "label_map.pbtxt", help="label map")
     parser.add_argument("--split", type=Path, default=ROOT / "data" / "busi_split.csv", help="split CSV")
     parser.add_argument("--report", type=Path, default=ROOT / "report", help="report folder (default: report/)")
-    parser.add_argument("--target-recall", type=float, default=0.90, help="lesion recall to keep on val")
+    parser.add_argument("--target-recall", type=float, default=DEFAULT_TARGET_RECALL,
+                        help="lesion recall to keep on val (default: %(default)s)")
     parser.add_argument("--write-model-info", action="store_true",
                         help="store the threshold and test metrics in the model's model_info.json")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    from busdet.training.measure import measure_model
+    from busdet.evaluation.measure import measure_model, store_operating_point  # loads TensorFlow
 
     try:
         detector = load_detector(args.model, args.label)
@@ -53,17 +55,17 @@ def main(args: argparse.Namespace) -> int:
     if not args.data.is_dir() or not args.split.is_file():
         print(f"error: need the dataset folder {args.data} and the split {args.split}", file=sys.stderr)
         return 2
-    summary = measure_model(detector, args.data, args.split, args.report, args.target_recall,
-                            progress=lambda items: tqdm(items, desc="predict", unit="image", file=sys.stderr))
-    print(json.dumps(summary, indent=1))
+    try:
+        summary = measure_model(detector, args.data, args.split, args.report, args.target_recall,
+                                progress=lambda items: tqdm(items, desc="predict", unit="image", file=sys.stderr))
+    except ValueError as error:  # a dataset without the expected layout, or a split that does not fit it
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json_text(summary), end="")
     if args.write_model_info:
-        info = read_model_info(args.model)
-        info.update(score_threshold=summary["score_threshold"], threshold_rule=summary["threshold_rule"],
-                    test_metrics=summary["test"], val_metrics=summary["val"])
-        with atomic_write(args.model / MODEL_INFO_FILE, "w") as stream:
-            stream.write(json.dumps(info, indent=1) + "\n")
+        store_operating_point(args.model, summary)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(run_command(main, get_args_parser()))

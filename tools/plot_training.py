@@ -12,6 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from busdet.cli import run_command  # noqa: E402
 from busdet.training.curves import write_training_curves  # noqa: E402
 
 
@@ -33,4 +34,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(run_command(main, get_args_parser()))

@@ -11,12 +11,13 @@ import contextlib
 import io
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, Mapping, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from busdet.annotations import coco_dataset
 from busdet.boxes import Box, box_to_xywh
 
 log = logging.getLogger(__name__)
@@ -58,17 +59,10 @@ def _coco_from_dict(dataset: dict) -> COCO:
 
 
 def build_ground_truth(truth: Mapping[str, Sequence[Box]], classes: Sequence[str]) -> COCO:
-    """``{filename: [Box]}`` -> a COCO ground-truth set; image ids follow the sorted file names."""
-    images, annotations = [], []
-    category_ids = {name: i for i, name in enumerate(classes, start=1)}
-    for image_id, filename in enumerate(sorted(truth), start=1):
-        images.append({"id": image_id, "file_name": filename})
-        for box in truth[filename]:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": category_ids[box.label], "bbox": box_to_xywh(box),
-                                "area": box.area, "iscrowd": 0})
-    categories = [{"id": i, "name": name} for name, i in category_ids.items()]
-    return _coco_from_dict({"images": images, "annotations": annotations, "categories": categories})
+    """``{filename: [Box]}`` -> a COCO ground-truth set (:func:`busdet.annotations.coco_dataset`);
+    image ids follow the sorted file names, category ids the order of ``classes`` from 1."""
+    dataset = coco_dataset({name: truth[name] for name in sorted(truth)}, dict(enumerate(classes, start=1)))
+    return _coco_from_dict(dataset)
 
 
 def build_detections(ground_truth: COCO, predictions: Mapping[str, Sequence[Box]]) -> COCO:

@@ -11,7 +11,6 @@ repository.
 from __future__ import annotations
 
 import logging
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from busdet.boxes import Box, above_threshold
 from busdet.drawing import draw_boxes
 from busdet.evaluation.matching import Match
 from busdet.evaluation.metrics import MALIGNANT
+from busdet.files import safe_stem
 from busdet.images import ImageReadError, read_image, write_image
 
 log = logging.getLogger(__name__)
@@ -95,13 +95,12 @@ def side_by_side(image: np.ndarray, truth: Sequence[Box], predictions: Sequence[
 
 
 def gallery_filename(case: GalleryCase, rank: int) -> str:
-    """``missed_01_benign_10.png``: kind, rank, and the image name made link-safe."""
-    stem = re.sub(r"[^A-Za-z0-9]+", "_", Path(case.filename).stem).strip("_") or "image"
-    return f"{case.kind}_{rank:02d}_{stem}.png"
+    """``missed_01_benign__10_.png``: kind, rank, and the image name made link-safe (:func:`safe_stem`)."""
+    return f"{case.kind}_{rank:02d}_{safe_stem(case.filename)}.png"
 
 
 def write_gallery(cases: Sequence[GalleryCase], truth: Mapping[str, Sequence[Box]],
-                  predictions: Mapping[str, Sequence[Box]], threshold: float,
+                  predictions: Mapping[str, Sequence[Box]], score_threshold: float,
                   images_dir: Path, gallery_dir: Path) -> Tuple[List[Tuple[GalleryCase, str]], List[str]]:
     """Draws each case found under ``images_dir`` (searched recursively by file name).
 
@@ -116,7 +115,7 @@ def write_gallery(cases: Sequence[GalleryCase], truth: Mapping[str, Sequence[Box
         if image is None:
             continue
         name = gallery_filename(case, ranks[case.kind])
-        shown = above_threshold(predictions.get(case.filename, []), threshold)
+        shown = above_threshold(predictions.get(case.filename, []), score_threshold)
         write_image(Path(gallery_dir) / name, side_by_side(image, truth[case.filename], shown))
         written.append((case, name))
     return written, list(failed.values())
@@ -129,7 +128,7 @@ def _read_indexed(filename: str, index: Mapping[str, Path], images_dir: Path,
         return None
     try:
         if filename not in index:
-            raise ImageReadError(f"{filename}: not found under {images_dir}")
+            raise ImageReadError(filename, f"not found under {images_dir}")
         return read_image(index[filename])
     except ImageReadError as error:
         failed[filename] = str(error)

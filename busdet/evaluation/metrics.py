@@ -21,10 +21,11 @@ from busdet.boxes import Box
 from busdet.evaluation.coco import CocoResult, run_coco_eval
 from busdet.evaluation.inputs import EvaluationInputError, check_labels, check_prediction_files, name_some
 from busdet.evaluation.matching import LESION, Match, at_threshold, match_all, relabel
+from busdet.inference import DEFAULT_SCORE_THRESHOLD
 
 DEFAULT_CLASSES = ("benign", "malignant")
 MALIGNANT = "malignant"
-DEFAULT_SCORE_THRESHOLD = 0.5
+# The operating-point rule: the highest score threshold keeping this class-agnostic lesion recall.
 DEFAULT_TARGET_RECALL = 0.90
 
 DEFINITIONS = {
@@ -58,7 +59,7 @@ class Evaluation:
 
     metrics: Dict[str, object]
     classes: Tuple[str, ...]
-    threshold: float
+    score_threshold: float
     coco: CocoResult
     lesion_coco: CocoResult
     matches: List[Match]
@@ -67,7 +68,7 @@ class Evaluation:
     image_labels: Dict[str, str]
 
     def matches_at_threshold(self) -> List[Match]:
-        return at_threshold(self.matches, self.threshold)
+        return at_threshold(self.matches, self.score_threshold)
 
 
 def _ratio(numerator: int, denominator: int) -> float:
@@ -119,10 +120,10 @@ def lesion_rates(matches: Sequence[Match]) -> Dict[str, float]:
 
 
 def image_rates(predictions: Mapping[str, Sequence[Box]], image_labels: Mapping[str, str],
-                threshold: float, negative_class: str = DEFAULT_NEGATIVE_CLASS) -> Dict[str, float]:
-    """Image-level malignant sensitivity/specificity and the normal-with-box rate at ``threshold``."""
+                score_threshold: float, negative_class: str = DEFAULT_NEGATIVE_CLASS) -> Dict[str, float]:
+    """Image-level malignant sensitivity/specificity and the normal-with-box rate at ``score_threshold``."""
     def has_box(name: str, label: Optional[str] = None) -> bool:
-        return any(b.score >= threshold and (label is None or b.label == label)
+        return any(b.score >= score_threshold and (label is None or b.label == label)
                    for b in predictions.get(name, []))
 
     malignant = [n for n, label in image_labels.items() if label == MALIGNANT]
@@ -149,7 +150,7 @@ def count_summary(truth: Mapping[str, Sequence[Box]], image_labels: Mapping[str,
 
 def compute_evaluation(truth: Mapping[str, Sequence[Box]], image_labels: Mapping[str, str],
                        predictions: Mapping[str, Sequence[Box]],
-                       threshold: float = DEFAULT_SCORE_THRESHOLD,
+                       score_threshold: float = DEFAULT_SCORE_THRESHOLD,
                        classes: Sequence[str] = DEFAULT_CLASSES,
                        negative_class: str = DEFAULT_NEGATIVE_CLASS) -> Evaluation:
     """Runs every metric and keeps what the plots and the gallery need.
@@ -171,14 +172,14 @@ def compute_evaluation(truth: Mapping[str, Sequence[Box]], image_labels: Mapping
     metrics.update({"mAP50": float(np.mean(defined_ap50)) if defined_ap50 else float("nan"),
                     "AP50_lesion": lesion_coco.ap50[LESION], "mAP50_95": coco.map50_95,
                     "AUC_malignant_image": roc_auc(positive, negative)})
-    metrics.update(lesion_rates(at_threshold(matches, threshold)))
-    metrics.update(image_rates(predictions, image_labels, threshold, negative_class))
+    metrics.update(lesion_rates(at_threshold(matches, score_threshold)))
+    metrics.update(image_rates(predictions, image_labels, score_threshold, negative_class))
     metrics = {key: json_number(value) for key, value in metrics.items()}
-    metrics.update({"threshold": threshold, "iou_threshold": 0.5,
+    metrics.update({"score_threshold": score_threshold, "iou_threshold": 0.5,
                     "classes_without_truth": [n for n in classes if math.isnan(coco.ap50[n])]})
     metrics.update(count_summary(truth, image_labels, predictions, classes, negative_class))
     class_matches = {name: match_all(truth, predictions, label=name) for name in classes}
-    return Evaluation(metrics, classes, threshold, coco, lesion_coco, matches, class_matches,
+    return Evaluation(metrics, classes, score_threshold, coco, lesion_coco, matches, class_matches,
                       malignant_scores, dict(image_labels))
 
 
@@ -194,7 +195,7 @@ def _check_inputs(truth, image_labels, predictions, classes) -> None:
 
 
 def evaluate(truth: Mapping[str, Sequence[Box]], image_labels: Mapping[str, str],
-             predictions: Mapping[str, Sequence[Box]], threshold: float = DEFAULT_SCORE_THRESHOLD,
+             predictions: Mapping[str, Sequence[Box]], score_threshold: float = DEFAULT_SCORE_THRESHOLD,
              classes: Sequence[str] = DEFAULT_CLASSES,
              negative_class: str = DEFAULT_NEGATIVE_CLASS) -> Dict[str, object]:
     """The metrics dict written to ``metrics.json`` (undefined values are None).
@@ -203,10 +204,10 @@ def evaluate(truth: Mapping[str, Sequence[Box]], image_labels: Mapping[str, str]
       truth: ``{filename: [Box]}``, every annotated image (negatives with ``[]``).
       image_labels: ``{filename: image class}``, e.g. from ``read_annotations_csv``.
       predictions: ``{filename: [Box with score]}`` made at a low score threshold.
-      threshold: the operating score threshold of the ``*_recall``/``*_sensitivity`` keys.
+      score_threshold: the operating point of the ``*_recall``/``*_sensitivity`` keys.
       classes: the label map's lesion classes.
     """
-    return compute_evaluation(truth, image_labels, predictions, threshold, classes, negative_class).metrics
+    return compute_evaluation(truth, image_labels, predictions, score_threshold, classes, negative_class).metrics
 
 
 def choose_operating_threshold(truth: Mapping[str, Sequence[Box]], predictions: Mapping[str, Sequence[Box]],

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from busdet.drawing import CLASS_COLOURS
 from busdet.evaluation.matching import LESION, Match
 from busdet.evaluation.metrics import MALIGNANT, Evaluation, roc_curve
-from busdet.images import atomic_write
+from busdet.files import atomic_write
 
 MISSED = "missed"
 FALSE_BOX = "false box"
@@ -102,7 +102,7 @@ def plot_confusion(evaluation: Evaluation) -> Figure:
             continue  # "false box" x "missed" is not an outcome
         axes.text(column, row, str(count), ha="center", va="center",
                   color="white" if count > high / 2 else "black")
-    axes.set_title(f"Lesions at score >= {evaluation.threshold:g}, IoU >= 0.5")
+    axes.set_title(f"Lesions at score >= {evaluation.score_threshold:g}, IoU >= 0.5")
     return figure
 
 
@@ -116,7 +116,7 @@ def plot_score_histograms(evaluation: Evaluation) -> Figure:
         false_scores = [m.prediction.score for m in matches if m.is_false_box]
         axes.hist([true_scores, false_scores], bins=HISTOGRAM_BINS, color=[_colour(name), "grey"],
                   label=[f"true positive ({len(true_scores)})", f"false positive ({len(false_scores)})"])
-        axes.axvline(evaluation.threshold, color="black", linestyle="--", label="threshold")
+        axes.axvline(evaluation.score_threshold, color="black", linestyle="--", label="threshold")
         axes.set(xlabel="score", ylabel="boxes", title=f"{name} boxes", xlim=(0, 1))
         if true_scores or false_scores:
             # Low-threshold predictions hold far more false than true boxes: a log scale shows both.

@@ -10,16 +10,15 @@
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 from busdet.boxes import Box
 from busdet.evaluation.gallery import DEFAULT_PER_KIND, KIND_TITLES, GalleryCase, select_cases, write_gallery
 from busdet.evaluation.metrics import DEFINITIONS, Evaluation
 from busdet.evaluation.plots import write_plots
-from busdet.images import atomic_write
+from busdet.files import atomic_write, write_json
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
@@ -36,13 +35,6 @@ class ReportOutcome:
     problems: List[str] = field(default_factory=list)
 
 
-def write_metrics(metrics: Mapping[str, object], path: Path) -> None:
-    """Writes the metrics as JSON (undefined values already None -> ``null``), atomically."""
-    with atomic_write(path, "w") as stream:
-        json.dump(metrics, stream, indent=2, allow_nan=False)
-        stream.write("\n")
-
-
 def write_evaluation_report(evaluation: Evaluation, truth: Mapping[str, Sequence[Box]],
                             predictions: Mapping[str, Sequence[Box]], output_dir: Path,
                             images_dir: Optional[Path] = None, sources: Optional[Mapping[str, str]] = None,
@@ -56,12 +48,12 @@ def write_evaluation_report(evaluation: Evaluation, truth: Mapping[str, Sequence
     """
     output_dir = Path(output_dir)
     outcome = ReportOutcome(output_dir)
-    write_metrics(evaluation.metrics, output_dir / METRICS_FILE)
+    write_json(evaluation.metrics, output_dir / METRICS_FILE)  # undefined values are already None
     plots = write_plots(evaluation, output_dir)
     if images_dir is not None:
         cases = select_cases(evaluation.matches_at_threshold(), per_kind)
         outcome.gallery, outcome.problems = write_gallery(
-            cases, truth, predictions, evaluation.threshold, Path(images_dir), output_dir / GALLERY_DIR)
+            cases, truth, predictions, evaluation.score_threshold, Path(images_dir), output_dir / GALLERY_DIR)
     markdown = render_markdown(evaluation, plots, outcome, images_dir, sources or {})
     with atomic_write(output_dir / REPORT_FILE, "w") as stream:
         stream.write(markdown)
@@ -83,7 +75,7 @@ def _summary_lines(evaluation: Evaluation, sources: Mapping[str, str]) -> List[s
              f"- predictions: `{sources['predictions']}`" if "predictions" in sources else "",
              f"- {m['images']} images ({image_counts}), {m['lesions']} true lesions ({lesion_counts})",
              f"- {m['predicted_boxes']} predicted boxes (all scores; AP and curves use them all)",
-             f"- operating score threshold **{m['threshold']:g}** for the threshold metrics, gallery and "
+             f"- operating score threshold **{m['score_threshold']:g}** for the threshold metrics, gallery and "
              f"confusion matrix; a box matches a lesion at IoU >= {m['iou_threshold']:g}"]
     return [line for line in lines if line]
 

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 from tensorboard.util import tensor_util  # noqa: E402
 
-from busdet.images import atomic_write  # noqa: E402
+from busdet.files import atomic_write  # noqa: E402
 
 Series = Dict[str, List[Tuple[int, float]]]
 # Validation scalars drawn, with their legend: Model Garden's, then busdet.training.validation's.

@@ -28,9 +28,10 @@ import pandas as pd
 import tensorflow as tf
 from official.vision.data import tf_example_builder
 
-from busdet.annotations import DEFAULT_NEGATIVE_CLASS, AnnotatedImage
+from busdet.annotations import AnnotatedImage
 from busdet.boxes import Box
-from busdet.images import atomic_write, read_image
+from busdet.files import write_csv
+from busdet.images import read_image
 from busdet.label_map import name_to_id
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,7 @@ def write_split_csv(split: Dict[str, str], labels: Dict[str, str], path: Path,
                           "split": list(split.values())})
     if groups:
         frame["patient"] = [groups.get(name, "") for name in split]
-    frame = frame.sort_values(["split", "label", "filename"])
-    with atomic_write(path, "w") as stream:
-        frame.to_csv(stream, index=False, lineterminator="\n")
+    write_csv(frame.sort_values(["split", "label", "filename"]), path)
 
 
 def read_split_csv(path: Path) -> Dict[str, str]:

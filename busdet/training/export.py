@@ -6,13 +6,12 @@ The ``serving_default`` signature takes ``inputs``: uint8 ``[1, H, W, 3]`` of an
 H and W; the graph resizes with the aspect ratio kept and pads to the model size,
 and returns ``detection_boxes`` (normalized ``[ymin, xmin, ymax, xmax]`` of the
 input image), ``detection_scores``, ``detection_classes`` (label-map ids) and
-``num_detections``. :data:`busdet.inference.MODEL_INFO_FILE` beside it records
-the input size, the label map and the operating threshold.
+``num_detections``. ``model_info.json`` beside it (:func:`busdet.inference.write_model_info`)
+records the input size, the label map and the operating threshold.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ from official.core import exp_factory
 from official.modeling import hyperparams
 from official.vision.serving import export_saved_model_lib
 
-from busdet.inference import MODEL_INFO_FILE
+from busdet.inference import write_model_info
 from busdet.training.experiment import EXPERIMENT_NAME
 
 
@@ -61,7 +60,7 @@ def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: 
                 "class_agnostic_nms": bool(params.task.model.detection_generator.use_class_agnostic_nms),
                 "nms_iou_threshold": float(params.task.model.detection_generator.nms_iou_threshold)}
         info.update(extra_info or {})
-        (staging / MODEL_INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
+        write_model_info(staging, info)
         if output_dir.exists():
             backup = output_dir.with_name(f".{output_dir.name}.old")
             shutil.rmtree(backup, ignore_errors=True)

@@ -19,6 +19,7 @@ from official.core import exp_factory, task_factory, train_lib, train_utils
 from official.modeling import hyperparams
 
 from busdet.annotations import annotate_dataset
+from busdet.files import write_json
 from busdet.label_map import load_label_map
 from busdet.training import data
 from busdet.training.experiment import EXPERIMENT_NAME
@@ -80,7 +81,7 @@ def _prepare_dataset(spec: DatasetSpec, index: int, classes: Dict[int, str], rec
         if manifest.get("key") == json.loads(json.dumps(key)):
             return manifest["counts"]
     counts = data.write_tfrecords(images, split, classes, records_dir, index, background_crops, progress)
-    manifest_path.write_text(json.dumps({"key": key, "counts": counts}))
+    write_json({"key": key, "counts": counts}, manifest_path)
     log.info("%s: examples per record file %s", spec.name, counts)
     return counts
 

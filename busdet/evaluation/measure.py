@@ -3,8 +3,10 @@
     python tools/measure_model.py --data ../shared/busi/Dataset_BUSI_with_GT --model saved_model
 
 The threshold rule: the highest score threshold at which the class-agnostic
-lesion recall on the *validation* split is still >= ``target_recall`` (0.90).
-The test split is looked at only to report, never to choose.
+lesion recall on the *validation* split is still >= ``target_recall``
+(:data:`busdet.evaluation.DEFAULT_TARGET_RECALL`). The test split is looked at
+only to report, never to choose. :func:`store_operating_point` records the result
+in the model's ``model_info.json``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from typing import Dict, List, Tuple
 
 from busdet.annotations import AnnotatedImage, annotate_dataset
 from busdet.boxes import Box
-from busdet.evaluation import choose_operating_threshold, compute_evaluation, write_evaluation_report
+from busdet.evaluation import (DEFAULT_TARGET_RECALL, choose_operating_threshold, compute_evaluation,
+                               write_evaluation_report)
 from busdet.images import read_image
-from busdet.inference import Detector, detect
-from busdet.training.data import read_split_csv
+from busdet.inference import Detector, detect, read_model_info, write_model_info
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +47,14 @@ def split_truth(images: List[AnnotatedImage], split: Dict[str, str], name: str
 
 
 def measure_model(detector: Detector, dataset_dir: Path, split_path: Path, report_dir: Path,
-                  target_recall: float = 0.90, progress=lambda items: items) -> dict:
+                  target_recall: float = DEFAULT_TARGET_RECALL, progress=lambda items: items) -> dict:
     """Predicts val and test, picks the threshold on val, writes both reports; returns a summary.
 
     The summary holds ``score_threshold``, ``threshold_rule`` and the ``val`` and
     ``test`` metric dicts (those of ``report_dir/{val,test}/metrics.json``).
     """
+    from busdet.training.data import read_split_csv  # imports TensorFlow, loaded already for the detector
+
     images, problems = annotate_dataset(dataset_dir, list(detector.classes.values()))
     for problem in problems:
         log.warning("%s", problem.report_line)
@@ -73,3 +77,11 @@ def measure_model(detector: Detector, dataset_dir: Path, split_path: Path, repor
                                          "predictions": str(detector.model_dir)})
         summary[name] = evaluation.metrics
     return summary
+
+
+def store_operating_point(model_dir: Path, summary: dict) -> None:
+    """Records :func:`measure_model`'s threshold, its rule and the metrics in ``model_info.json``."""
+    info = read_model_info(model_dir)
+    info.update(score_threshold=summary["score_threshold"], threshold_rule=summary["threshold_rule"],
+                test_metrics=summary["test"], val_metrics=summary["val"])
+    write_model_info(model_dir, info)

@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from busdet import images, inference
+from busdet.about import recorded_test_metrics, training_data_markdown
 from busdet.downloads import annotated_image, image_downloads, results_zip
 from busdet.images import IMAGE_EXTENSIONS
 from busdet.results import ImageResult, analyse_image, finding_line
@@ -25,12 +26,10 @@ LABEL_MAP = Path(os.environ.get("BUSDET_LABEL_MAP", HERE / "label_map.pbtxt"))
 DEMO_DIR = Path(os.environ.get("BUSDET_DEMO_DIR", HERE / "input"))
 NOTICE = ("Research tool, not a medical device: it does not diagnose and does not replace a radiologist. "
           "Images stay in this server's memory: never stored, never logged, no usage statistics sent.")
-ABOUT = """
-**Model.** RetinaNet with a MobileNetV2 backbone (TensorFlow Model Garden), trained in this project from
-random initialisation on the public BUSI dataset: W. Al-Dhabyani, M. Gomaa, H. Khaled, A. Fahmy, *Dataset
-of breast ultrasound images*, Data in Brief 28 (2020) 104863 (780 images of 600 women, one hospital, 2018).
-
-**Limits.** A few hundred training images from one centre and scanner family: other machines, presets and
+MODEL = """**Model.** RetinaNet with a MobileNetV2 backbone (TensorFlow Model Garden), trained in this project
+from random initialisation on the public datasets below."""
+LIMITS = """
+**Limits.** Trained on a few thousand images from few centres and scanners: other machines, presets and
 populations may do worse, unmeasured. A score is the model's confidence, not a probability of cancer.
 The model cannot tell whether an image is an ultrasound at all: any image gets an answer. A clinician must
 read every result; it is a research tool, not a medical device, and does not replace a radiologist.
@@ -91,12 +90,16 @@ def analyse(detector, name: str, data: bytes, digest: str, score_threshold: floa
     return result, decode_upload(digest, name, data) if result.ok else None
 
 
-def about_ui(test_metrics) -> None:
+def about_ui(info: dict) -> None:
+    """The model, its training data with citations and its test metrics, all from model_info.json."""
     with st.expander("About this tool, its model and its limits"):
-        st.markdown(ABOUT)
-        st.caption("Test-split metrics (model card):" if test_metrics else "Test metrics: see MODEL_CARD.md.")
-        if test_metrics:
-            st.dataframe(pd.Series(test_metrics, name="value").astype(str).rename_axis("metric"))
+        st.markdown(MODEL)
+        st.markdown(training_data_markdown(info))
+        st.markdown(LIMITS)
+        metrics = recorded_test_metrics(info)
+        st.caption("Test-split metrics (model card):" if metrics is not None else "Test metrics: see MODEL_CARD.md.")
+        if metrics is not None:
+            st.dataframe(metrics)
 
 
 def image_result_ui(result: ImageResult, image, key: str) -> None:
@@ -137,7 +140,7 @@ def main() -> None:
                  f"and its label map `{LABEL_MAP}` (or set `BUSDET_MODEL_DIR`, `BUSDET_LABEL_MAP`).")
         st.text(str(error))
         st.stop()
-    about_ui(detector.info.get("test_metrics"))
+    about_ui(detector.info)
     inputs = inputs_ui()
     score_threshold = threshold_ui(detector.score_threshold)
     digests = tuple(hashlib.sha256(data).hexdigest() for _, data in inputs)

@@ -1,6 +1,12 @@
-"""The public datasets the shipped model was trained on: names, citations, licences.
+"""Datasets by name: where they are, their committed split, their patients and scanners, their citation.
 
+    spec = parse_dataset_arg("busbra=../shared/busbra/BUS-BRA", Path("data"))  # split: data/busbra_split.csv
+    split = read_split_csv(spec.split_path)      # {filename: "train" | "val" | "test"}
+    read_image_table(spec.path)                  # BUS-BRA's bus_data.csv (patient, scanner), else None
     citation_line("busbra")   # -> 'BUS-BRA: W. Gomez-Flores, ... doi:10.1002/mp.16812 (MIT-style ...)'
+
+Training (``tools/train.py``) and measuring (``tools/measure_model.py``) name their
+datasets the same way, ``--data NAME=FOLDER``, and this module has no TensorFlow in it.
 
 Both licences ask that the source be cited wherever the data or a model trained on it
 is described: the README, the model card, ``model_info.json`` and the page's About box
@@ -11,7 +17,63 @@ entry and is listed by name only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from pathlib import Path
+from typing import Dict, Optional
+
+import pandas as pd
+
+# BUS-BRA's table: one row per image (ID = file stem) naming its patient (Case) and scanner (Device).
+IMAGE_TABLE = "bus_data.csv"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset: its name (``busi``), folder (BUSI layout) and committed split CSV."""
+
+    name: str
+    path: Path
+    split_path: Path
+
+
+def parse_dataset_arg(value: str, splits_dir: Path) -> DatasetSpec:
+    """``NAME=FOLDER`` (a ``--data`` value) -> a DatasetSpec whose split is ``splits_dir/NAME_split.csv``.
+
+    Raises:
+      ValueError: not ``NAME=FOLDER``, or the folder does not exist.
+    """
+    name, sep, folder = value.partition("=")
+    if not sep or not name.isidentifier() or not folder:
+        raise ValueError(f"--data {value}: expected NAME=FOLDER, e.g. busi=../shared/busi/Dataset_BUSI_with_GT")
+    if not Path(folder).is_dir():
+        raise ValueError(f"--data {value}: {folder} is not a folder")
+    return DatasetSpec(name, Path(folder), Path(splits_dir) / f"{name}_split.csv")
+
+
+def read_split_csv(path: Path) -> Dict[str, str]:
+    """A committed split ``filename,label,split[,patient]`` -> ``{filename: split}``."""
+    frame = pd.read_csv(path, dtype=str)
+    return dict(zip(frame["filename"], frame["split"]))
+
+
+def read_image_table(dataset_dir: Path) -> Optional[pd.DataFrame]:
+    """The dataset's per-image table (BUS-BRA's ``bus_data.csv``) indexed by file name, or None."""
+    path = Path(dataset_dir) / IMAGE_TABLE
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path, dtype=str)
+    return table.set_index(table["ID"] + ".png")
+
+
+def read_patient_groups(dataset_dir: Path) -> Dict[str, str]:
+    """``{filename: patient}`` (BUS-BRA's ``Case``); empty without a table: each image its own patient."""
+    table = read_image_table(dataset_dir)
+    return {} if table is None else table["Case"].to_dict()
+
+
+def read_devices(dataset_dir: Path) -> Dict[str, str]:
+    """``{filename: scanner}`` (BUS-BRA's ``Device``); empty when the dataset does not say."""
+    table = read_image_table(dataset_dir)
+    return {} if table is None or "Device" not in table else table["Device"].to_dict()
 
 
 @dataclass(frozen=True)

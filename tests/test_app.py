@@ -115,13 +115,17 @@ def test_about_points_to_the_model_card_without_metrics(fake_model):
     assert "MODEL_CARD.md" in about.caption[0].value and not about.dataframe
 
 
-def test_about_shows_the_model_card_metrics(fake_model):
-    fake_model.detector.info["test_metrics"] = {"AP50": 0.5}
+def test_about_names_the_training_datasets_and_shows_their_test_metrics(fake_model):
+    from busdet.datasets import citation_line
+
+    fake_model.detector.info["trained_on"] = [{"name": n, "citation": citation_line(n)} for n in ("busi", "busbra")]
+    fake_model.detector.info["test_metrics"] = {"busi": {"AP50_lesion": 0.5}, "busbra": {"AP50_lesion": 0.75}}
     at = run_app()
     about = at.expander[0]
-    assert "Al-Dhabyani" in about.markdown[0].value and "RetinaNet" in about.markdown[0].value
+    text = " ".join(block.value for block in about.markdown)
+    assert "RetinaNet" in text and "Al-Dhabyani" in text and "Gomez-Flores" in text
     metrics = about.dataframe[0].value
-    assert metrics.index.tolist() == ["AP50"] and metrics["value"].tolist() == ["0.5"]
+    assert metrics.index.tolist() == ["AP50_lesion"] and metrics.loc["AP50_lesion"].tolist() == ["0.500", "0.750"]
 
 
 def test_demo_image_detect_shows_annotated_image_table_and_downloads(fake_model, demo_dir):

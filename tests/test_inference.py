@@ -42,11 +42,14 @@ def test_model_info_round_trips_and_absent_is_empty(tmp_path):
 
 def test_storing_the_operating_point_keeps_the_rest_of_the_model_info(tmp_path):
     write_model_info(tmp_path, {"input_size": [640, 640], "classes": CLASSES, "score_threshold": None})
-    store_operating_point(tmp_path, {"score_threshold": 0.31, "threshold_rule": "rule",
-                                     "val": {"AP50_lesion": 0.8}, "test": {"AP50_lesion": 0.7}})
+    measured_on = [{"name": "busi", "citation": "c"}]
+    store_operating_point(tmp_path, {"score_threshold": 0.31, "threshold_rule": "rule", "datasets": measured_on,
+                                     "val": {"busi": {"AP50_lesion": 0.8}}, "test": {"busi": {"AP50_lesion": 0.7}},
+                                     "test_by_scanner": {}})
     assert read_model_info(tmp_path) == {"input_size": [640, 640], "classes": CLASSES, "score_threshold": 0.31,
-                                         "threshold_rule": "rule", "test_metrics": {"AP50_lesion": 0.7},
-                                         "val_metrics": {"AP50_lesion": 0.8}}
+                                         "threshold_rule": "rule", "measured_on": measured_on,
+                                         "test_metrics": {"busi": {"AP50_lesion": 0.7}},
+                                         "val_metrics": {"busi": {"AP50_lesion": 0.8}}, "test_by_scanner": {}}
     assert [p.name for p in tmp_path.iterdir()] == [MODEL_INFO_FILE]
 
 

@@ -12,6 +12,7 @@ from busdet.annotations import AnnotatedImage
 from busdet.boxes import Box
 from busdet.images import read_image
 from busdet.inference import MODEL_INFO_FILE, detect, load_detector
+from busdet import datasets
 from busdet.training import data
 
 
@@ -35,7 +36,7 @@ def test_split_csv_round_trip(tmp_path):
     images = _images({"benign": 5, "normal": 3})
     split = data.build_split(images)
     data.write_split_csv(split, {i.filename: i.label for i in images}, tmp_path / "split.csv")
-    assert data.read_split_csv(tmp_path / "split.csv") == split
+    assert datasets.read_split_csv(tmp_path / "split.csv") == split
 
 
 def test_tf_example_holds_normalized_boxes_and_label_map_ids(tmp_path):
@@ -91,17 +92,25 @@ def test_smoke_training_exports_a_model_that_reloads_and_predicts(smoke_model, l
 
 
 @pytest.mark.slow
-def test_measure_model_picks_threshold_on_val_and_reports_test(smoke_model, label_map_path, tmp_path):
+def test_measure_model_picks_threshold_on_pooled_val_and_reports_each_test_split(smoke_model, label_map_path,
+                                                                                  tmp_path):
+    from busdet.datasets import DatasetSpec
     from busdet.evaluation.measure import measure_model
 
     detector = load_detector(smoke_model, label_map_path)
     work = smoke_model.parent
-    summary = measure_model(detector, work / "centre_a", work / "centre_a_split.csv", tmp_path)
-    assert set(summary) == {"threshold_rule", "score_threshold", "val", "test"}
-    assert 0.0 <= summary["score_threshold"] <= 1.0
-    assert summary["test"]["score_threshold"] == summary["score_threshold"]
+    specs = [DatasetSpec(name, work / name, work / f"{name}_split.csv") for name in ("centre_a", "centre_b")]
+    summary = measure_model(detector, specs, tmp_path)
+    assert set(summary) == {"threshold_rule", "score_threshold", "datasets", "val", "test", "test_by_scanner"}
+    assert 0.0 <= summary["score_threshold"] <= 1.0 and "pooled" in summary["threshold_rule"]
+    assert [d["name"] for d in summary["datasets"]] == ["centre_a", "centre_b"]
     for name in ("val", "test"):
-        assert (tmp_path / name / "metrics.json").is_file() and (tmp_path / name / "report.md").is_file()
+        assert set(summary[name]) == {"centre_a", "centre_b", "pooled"}
+        assert summary[name]["pooled"]["score_threshold"] == summary["score_threshold"]
+        counts = {d: summary[name][d]["images"] for d in summary[name]}
+        assert counts["pooled"] == counts["centre_a"] + counts["centre_b"]
+        for folder in ("centre_a", "centre_b", "pooled"):
+            assert (tmp_path / folder / name / "metrics.json").is_file()
 
 
 def test_training_curves_read_model_garden_style_summaries(tmp_path):

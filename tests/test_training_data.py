@@ -12,6 +12,7 @@ import tensorflow as tf
 from busdet.annotations import AnnotatedImage
 from busdet.boxes import Box
 from busdet.phantoms import write_phantom_dataset
+from busdet import datasets
 from busdet.training import data, run, sampling, validation
 
 
@@ -48,16 +49,16 @@ def test_ungrouped_split_is_the_committed_busi_rule(tmp_path):
 
 def test_patient_groups_come_from_bus_data_csv(tmp_path):
     (tmp_path / "bus_data.csv").write_text("ID,Case,Device\nbus_0002-l,2,GE\nbus_0002-r,2,GE\nbus_0003-l,3,GE\n")
-    assert data.read_patient_groups(tmp_path) == {"bus_0002-l.png": "2", "bus_0002-r.png": "2",
+    assert datasets.read_patient_groups(tmp_path) == {"bus_0002-l.png": "2", "bus_0002-r.png": "2",
                                                   "bus_0003-l.png": "3"}
-    assert data.read_patient_groups(tmp_path / "nothing") == {}
+    assert datasets.read_patient_groups(tmp_path / "nothing") == {}
 
 
 def test_split_csv_records_the_patient(tmp_path):
     images, groups = _patients(3, 2)
     split = data.build_split(images, groups=groups)
     data.write_split_csv(split, {i.filename: i.label for i in images}, tmp_path / "s.csv", groups)
-    assert data.read_split_csv(tmp_path / "s.csv") == split
+    assert datasets.read_split_csv(tmp_path / "s.csv") == split
     assert "patient" in (tmp_path / "s.csv").read_text().splitlines()[0]
 
 

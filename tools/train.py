@@ -51,25 +51,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_dataset(value: str, splits_dir: Path):
-    """``NAME=FOLDER`` -> a DatasetSpec whose split is ``splits_dir/NAME_split.csv``."""
-    from busdet.training.run import DatasetSpec
-
-    name, sep, folder = value.partition("=")
-    if not sep or not name.isidentifier() or not folder:
-        raise ValueError(f"--data {value}: expected NAME=FOLDER, e.g. busi=../shared/busi/Dataset_BUSI_with_GT")
-    if not Path(folder).is_dir():
-        raise ValueError(f"--data {value}: {folder} is not a folder")
-    return DatasetSpec(name, Path(folder), splits_dir / f"{name}_split.csv")
-
-
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from busdet.datasets import parse_dataset_arg
     from busdet.label_map import load_label_map
     from busdet.training import run  # TensorFlow import is slow: after argument parsing
 
     try:
-        datasets = [parse_dataset(value, args.splits) for value in args.data]
+        datasets = [parse_dataset_arg(value, args.splits) for value in args.data]
         counts = run.prepare_data(datasets, args.label, args.records, args.seed, args.background_crops,
                                   progress=lambda items: tqdm(items, desc="tfrecords", unit="image"))
         params = run.build_params(args.config, args.records, counts, args.init, args.params_override,

@@ -1,23 +1,27 @@
-"""Measure an exported model on the committed split: operating point on val, metrics on test.
+"""Measure an exported model on the committed splits of one or more datasets.
 
-    python tools/measure_model.py --data ../shared/busi/Dataset_BUSI_with_GT --model saved_model
+    python tools/measure_model.py --data busi=../shared/busi/Dataset_BUSI_with_GT \\
+        --data busbra=../shared/busbra/BUS-BRA --model saved_model
 
-The threshold rule: the highest score threshold at which the class-agnostic
-lesion recall on the *validation* split is still >= ``target_recall``
-(:data:`busdet.evaluation.DEFAULT_TARGET_RECALL`). The test split is looked at
-only to report, never to choose. :func:`store_operating_point` records the result
-in the model's ``model_info.json``.
+The threshold rule: the highest score threshold at which the class-agnostic lesion
+recall on the *validation* splits, pooled over the datasets, is still >=
+``target_recall`` (:data:`busdet.evaluation.DEFAULT_TARGET_RECALL`). The test splits
+are looked at only to report, never to choose. Metrics are reported per dataset and
+pooled, and per scanner where a dataset names them (BUS-BRA's ``Device``).
+:func:`store_operating_point` records the result in the model's ``model_info.json``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Mapping, Sequence
 
-from busdet.annotations import AnnotatedImage, annotate_dataset
+from busdet.annotations import annotate_dataset
 from busdet.boxes import Box
+from busdet.datasets import DatasetSpec, citation_line, read_devices, read_split_csv
 from busdet.evaluation import (DEFAULT_TARGET_RECALL, choose_operating_threshold, compute_evaluation,
                                write_evaluation_report)
 from busdet.images import read_image
@@ -25,7 +29,12 @@ from busdet.inference import Detector, detect, read_model_info, write_model_info
 
 log = logging.getLogger(__name__)
 
-THRESHOLD_RULE = "highest score threshold keeping class-agnostic lesion recall >= {:.2f} on the validation split"
+THRESHOLD_RULE = ("highest score threshold keeping class-agnostic lesion recall >= {:.2f} "
+                  "on the validation split{}")
+POOLED = "pooled"
+SPLITS = ("val", "test")
+# What the per-scanner table keeps of each group's metrics.
+GROUP_METRICS = ("AP50_lesion", "mAP50", "AUC_malignant_image", "lesion_recall", "lesion_precision")
 
 
 def stored_threshold(threshold: float) -> float:
@@ -34,54 +43,112 @@ def stored_threshold(threshold: float) -> float:
     return math.floor(float(threshold) * 1e4 + 1e-9) / 1e4
 
 
-def predict_images(detector: Detector, images: List[AnnotatedImage], progress=lambda items: items) -> Dict[str, List[Box]]:
-    """``{filename: every detection}`` for annotated images (through the one inference path)."""
-    return {image.filename: detect(detector, read_image(image.path)) for image in progress(images)}
+@dataclass
+class SplitPredictions:
+    """One split of one dataset: truth, image labels and the model's every detection, by file name."""
+
+    truth: Dict[str, List[Box]]
+    labels: Dict[str, str]
+    predictions: Dict[str, List[Box]]
 
 
-def split_truth(images: List[AnnotatedImage], split: Dict[str, str], name: str
-                ) -> Tuple[List[AnnotatedImage], Dict[str, List[Box]], Dict[str, str]]:
-    """The images of one split, their boxes and their image labels."""
-    members = [i for i in images if split.get(i.filename) == name]
-    return members, {i.filename: i.boxes for i in members}, {i.filename: i.label for i in members}
-
-
-def measure_model(detector: Detector, dataset_dir: Path, split_path: Path, report_dir: Path,
-                  target_recall: float = DEFAULT_TARGET_RECALL, progress=lambda items: items) -> dict:
-    """Predicts val and test, picks the threshold on val, writes both reports; returns a summary.
-
-    The summary holds ``score_threshold``, ``threshold_rule`` and the ``val`` and
-    ``test`` metric dicts (those of ``report_dir/{val,test}/metrics.json``).
-    """
-    from busdet.training.data import read_split_csv  # imports TensorFlow, loaded already for the detector
-
-    images, problems = annotate_dataset(dataset_dir, list(detector.classes.values()))
+def predict_split(detector: Detector, spec: DatasetSpec, progress=lambda items: items) -> Dict[str, SplitPredictions]:
+    """Annotates ``spec``'s folder and runs the model on its val and test images (the one inference path)."""
+    images, problems = annotate_dataset(spec.path, list(detector.classes.values()))
     for problem in problems:
         log.warning("%s", problem.report_line)
-    split = read_split_csv(split_path)
-    summary = {"threshold_rule": THRESHOLD_RULE.format(target_recall)}
-    results = {}
-    for name in ("val", "test"):
-        members, truth, labels = split_truth(images, split, name)
-        results[name] = (truth, labels, predict_images(detector, members, progress))
-    threshold = choose_operating_threshold(results["val"][0], results["val"][2], target_recall)
+    split = read_split_csv(spec.split_path)
+    parts = {}
+    for name in SPLITS:
+        members = [i for i in images if split.get(i.filename) == name]
+        if not members:
+            raise ValueError(f"{spec.split_path}: no {name} images of {spec.path}")
+        parts[name] = SplitPredictions({i.filename: i.boxes for i in members}, {i.filename: i.label for i in members},
+                                       {i.filename: detect(detector, read_image(i.path)) for i in progress(members)})
+    return parts
+
+
+def pool(parts: Mapping[str, SplitPredictions]) -> SplitPredictions:
+    """Several datasets' splits as one, file names prefixed ``dataset/`` to keep them apart."""
+    pooled = SplitPredictions({}, {}, {})
+    for dataset, part in parts.items():
+        pooled.truth.update({f"{dataset}/{k}": v for k, v in part.truth.items()})
+        pooled.labels.update({f"{dataset}/{k}": v for k, v in part.labels.items()})
+        pooled.predictions.update({f"{dataset}/{k}": v for k, v in part.predictions.items()})
+    return pooled
+
+
+def subset(part: SplitPredictions, names: Sequence[str]) -> SplitPredictions:
+    """The images ``names`` of a split."""
+    return SplitPredictions({n: part.truth[n] for n in names}, {n: part.labels[n] for n in names},
+                            {n: part.predictions[n] for n in names})
+
+
+def metrics_by_group(part: SplitPredictions, groups: Mapping[str, str], score_threshold: float,
+                     classes: Sequence[str]) -> Dict[str, dict]:
+    """``{group: {images, AP50_lesion, mAP50, AUC, recall, precision}}``, e.g. per scanner."""
+    members: Dict[str, List[str]] = {}
+    for name in part.truth:
+        members.setdefault(groups.get(name, "unknown"), []).append(name)
+    table = {}
+    for group, names in sorted(members.items()):
+        metrics = compute_evaluation(*_evaluation_args(subset(part, names)), score_threshold, classes=classes).metrics
+        table[group] = {"images": len(names), **{key: metrics.get(key) for key in GROUP_METRICS}}
+    return table
+
+
+def _evaluation_args(part: SplitPredictions):
+    return part.truth, part.labels, part.predictions
+
+
+def measure_model(detector: Detector, datasets: Sequence[DatasetSpec], report_dir: Path,
+                  target_recall: float = DEFAULT_TARGET_RECALL, progress=lambda items: items) -> dict:
+    """Predicts every dataset's val and test, picks the threshold on pooled val, writes the reports.
+
+    Reports go to ``report_dir/<dataset>/{val,test}`` (with a gallery of the worst cases)
+    and, with several datasets, ``report_dir/pooled/{val,test}``. Returns a summary:
+    ``score_threshold``, ``threshold_rule``, ``datasets`` (names and citations), and
+    ``val``/``test`` as ``{dataset or "pooled": metrics}``, plus ``test_by_scanner``
+    ``{dataset: {scanner: metrics}}`` for datasets that name their scanners.
+    """
+    classes = list(detector.classes.values())
+    parts = {spec.name: predict_split(detector, spec, progress) for spec in datasets}
+    per_split = {name: {dataset: parts[dataset][name] for dataset in parts} for name in SPLITS}
+    if len(datasets) > 1:
+        for name in SPLITS:
+            per_split[name][POOLED] = pool({d: p for d, p in per_split[name].items()})
+    val = per_split["val"][POOLED if len(datasets) > 1 else datasets[0].name]
+    threshold = choose_operating_threshold(val.truth, val.predictions, target_recall)
     if threshold is None:
         log.warning("lesion recall %.2f is out of reach on val: keeping the model's threshold", target_recall)
         threshold = detector.score_threshold
-    summary["score_threshold"] = stored_threshold(threshold)
-    for name, (truth, labels, predictions) in results.items():
-        evaluation = compute_evaluation(truth, labels, predictions, summary["score_threshold"],
-                                        classes=list(detector.classes.values()))
-        write_evaluation_report(evaluation, truth, predictions, report_dir / name, images_dir=dataset_dir,
-                                sources={"annotations": f"{dataset_dir} ({name} split of {split_path.name})",
-                                         "predictions": str(detector.model_dir)})
-        summary[name] = evaluation.metrics
+    pooled_note = f"s of {', '.join(s.name for s in datasets)} pooled" if len(datasets) > 1 else ""
+    summary = {"threshold_rule": THRESHOLD_RULE.format(target_recall, pooled_note),
+               "score_threshold": stored_threshold(threshold),
+               "datasets": [{"name": s.name, "citation": citation_line(s.name)} for s in datasets]}
+    folders = {spec.name: spec.path for spec in datasets}
+    for name in SPLITS:
+        summary[name] = {}
+        for dataset, part in per_split[name].items():
+            evaluation = compute_evaluation(*_evaluation_args(part), summary["score_threshold"], classes=classes)
+            write_evaluation_report(evaluation, part.truth, part.predictions, report_dir / dataset / name,
+                                    images_dir=folders.get(dataset),
+                                    sources={"annotations": f"{dataset} ({name} split)",
+                                             "predictions": str(detector.model_dir)})
+            summary[name][dataset] = evaluation.metrics
+    summary["test_by_scanner"] = {}
+    for spec in datasets:
+        devices = read_devices(spec.path)
+        if devices:
+            summary["test_by_scanner"][spec.name] = metrics_by_group(
+                per_split["test"][spec.name], devices, summary["score_threshold"], classes)
     return summary
 
 
 def store_operating_point(model_dir: Path, summary: dict) -> None:
-    """Records :func:`measure_model`'s threshold, its rule and the metrics in ``model_info.json``."""
+    """Records :func:`measure_model`'s threshold, its rule, datasets and metrics in ``model_info.json``."""
     info = read_model_info(model_dir)
     info.update(score_threshold=summary["score_threshold"], threshold_rule=summary["threshold_rule"],
-                test_metrics=summary["test"], val_metrics=summary["val"])
+                measured_on=summary["datasets"], test_metrics=summary["test"], val_metrics=summary["val"],
+                test_by_scanner=summary["test_by_scanner"])
     write_model_info(model_dir, info)

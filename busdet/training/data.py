@@ -1,6 +1,6 @@
 """Training data: a committed split per dataset (file names only), and TFRecords per source.
 
-    split = build_split(images, seed=0, groups=read_patient_groups(dataset_dir))
+    split = build_split(images, seed=0, groups=read_patient_groups(dataset_dir))  # busdet.datasets
     counts = write_tfrecords(images, split, classes, out, dataset_index=0)
     # out/train_benign.tfrecord, train_malignant..., train_normal..., train_background...,
     # out/val.tfrecord, out/test.tfrecord
@@ -40,20 +40,6 @@ SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 SOURCE_ID_STRIDE = 1_000_000
 BACKGROUND_SOURCE = "background"  # lesion-free crops cut beside the lesions of training images
-# BUS-BRA's table: one row per image (ID = file stem) naming its patient (Case).
-PATIENT_TABLE = "bus_data.csv"
-
-
-def read_patient_groups(dataset_dir: Path) -> Dict[str, str]:
-    """``{filename: patient}`` from the dataset's ``bus_data.csv`` (BUS-BRA's ``ID``, ``Case``).
-
-    Empty when the dataset has no such table (BUSI): every image is then its own group.
-    """
-    table_path = Path(dataset_dir) / PATIENT_TABLE
-    if not table_path.is_file():
-        return {}
-    table = pd.read_csv(table_path, dtype=str, usecols=["ID", "Case"])
-    return {f"{image_id}.png": case for image_id, case in zip(table["ID"], table["Case"])}
 
 
 def build_split(images: Sequence[AnnotatedImage], seed: int = 0,
@@ -93,12 +79,6 @@ def write_split_csv(split: Dict[str, str], labels: Dict[str, str], path: Path,
     if groups:
         frame["patient"] = [groups.get(name, "") for name in split]
     write_csv(frame.sort_values(["split", "label", "filename"]), path)
-
-
-def read_split_csv(path: Path) -> Dict[str, str]:
-    """Reads ``{filename: split}`` back."""
-    frame = pd.read_csv(path, dtype=str)
-    return dict(zip(frame["filename"], frame["split"]))
 
 
 def build_tf_example(pixels: np.ndarray, boxes: Sequence[Box], source_id: int,

@@ -22,6 +22,7 @@ from official.core import exp_factory
 from official.modeling import hyperparams
 from official.vision.serving import export_saved_model_lib
 
+from busdet.datasets import citation_line
 from busdet.inference import write_model_info
 from busdet.training.experiment import EXPERIMENT_NAME
 
@@ -58,7 +59,9 @@ def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: 
                 # The run folder too: "best_ckpt-30" alone does not say which stage it came from.
                 "checkpoint": "/".join(Path(checkpoint_path).parts[-3:]),
                 "class_agnostic_nms": bool(params.task.model.detection_generator.use_class_agnostic_nms),
-                "nms_iou_threshold": float(params.task.model.detection_generator.nms_iou_threshold)}
+                "nms_iou_threshold": float(params.task.model.detection_generator.nms_iou_threshold),
+                "trained_on": [{"name": name, "citation": citation_line(name)}
+                               for name in params.task.dataset_names]}
         info.update(extra_info or {})
         write_model_info(staging, info)
         if output_dir.exists():

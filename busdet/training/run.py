@@ -7,7 +7,6 @@ folder (``--init`` only applies to a fresh folder).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -19,6 +18,7 @@ from official.core import exp_factory, task_factory, train_lib, train_utils
 from official.modeling import hyperparams
 
 from busdet.annotations import annotate_dataset
+from busdet.datasets import DatasetSpec, read_patient_groups, read_split_csv
 from busdet.files import write_json
 from busdet.label_map import load_label_map
 from busdet.training import data
@@ -26,15 +26,6 @@ from busdet.training.experiment import EXPERIMENT_NAME
 from busdet.training.sampling import source_weights
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """One training dataset: its name (``busi``), folder (BUSI layout) and committed split CSV."""
-
-    name: str
-    path: Path
-    split_path: Path
 
 
 def prepare_data(datasets: Sequence[DatasetSpec], label_map_path: Path, records_dir: Path, seed: int = 0,
@@ -64,9 +55,9 @@ def _prepare_dataset(spec: DatasetSpec, index: int, classes: Dict[int, str], rec
         raise ValueError(f"{spec.path}: no annotated images (expected one folder per class: "
                          f"{', '.join(classes.values())}, normal)")
     if spec.split_path.exists():
-        split = data.read_split_csv(spec.split_path)
+        split = read_split_csv(spec.split_path)
     else:
-        groups = data.read_patient_groups(spec.path)
+        groups = read_patient_groups(spec.path)
         split = data.build_split(images, seed=seed, groups=groups)
         data.write_split_csv(split, {i.filename: i.label for i in images}, spec.split_path, groups)
         log.info("wrote a new split to %s", spec.split_path)

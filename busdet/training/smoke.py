@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from busdet.datasets import DatasetSpec
 from busdet.label_map import load_label_map
 from busdet.phantoms import write_phantom_dataset
 from busdet.training import run
@@ -23,8 +24,8 @@ def train_smoke_model(work_dir: Path, per_class: int = 6, seed: int = 0,
                       label_map_path: Path = ROOT / "label_map.pbtxt") -> Path:
     """Writes phantoms, trains a few steps, exports; returns the SavedModel folder."""
     # Two "centres" as in the shipped model's training: the second without normal images, like BUS-BRA.
-    datasets = [run.DatasetSpec("centre_a", work_dir / "centre_a", work_dir / "centre_a_split.csv"),
-                run.DatasetSpec("centre_b", work_dir / "centre_b", work_dir / "centre_b_split.csv")]
+    datasets = [DatasetSpec("centre_a", work_dir / "centre_a", work_dir / "centre_a_split.csv"),
+                DatasetSpec("centre_b", work_dir / "centre_b", work_dir / "centre_b_split.csv")]
     write_phantom_dataset(datasets[0].path, per_class, seed=seed)
     write_phantom_dataset(datasets[1].path, {"benign": per_class, "malignant": per_class}, seed=seed + 1)
     records = work_dir / "records"

@@ -1,0 +1,49 @@
+"""What the page's About box says about the loaded model, read from its ``model_info.json``.
+
+    training_data_markdown(detector.info)   # the datasets it learned from, each cited
+    recorded_test_metrics(detector.info)       # metric x dataset (or one column for older models)
+
+The text comes from what export and measurement recorded (``trained_on``,
+``test_metrics``), so the page can never describe another model than the one it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import pandas as pd
+
+# The model card's headline numbers, in its order.
+HEADLINE_METRICS = ("AP50_lesion", "mAP50", "AP50_benign", "AP50_malignant", "AUC_malignant_image",
+                    "lesion_recall", "lesion_precision", "normal_with_box_rate", "images")
+
+
+def training_data_markdown(info: Mapping) -> str:
+    """A Markdown paragraph naming and citing the training datasets (``trained_on``)."""
+    trained_on = info.get("trained_on") or []
+    if not trained_on:
+        return "**Training data.** Not recorded with this model: see its model card."
+    items = "\n".join(f"- {entry.get('citation') or entry.get('name')}" for entry in trained_on)
+    return f"**Training data** (cite these when you use the model):\n{items}"
+
+
+def recorded_test_metrics(info: Mapping) -> Optional[pd.DataFrame]:
+    """The recorded test metrics as text, one row per metric, one column per dataset (and pooled).
+
+    Older models recorded one flat dict: it becomes a single ``test`` column. None when
+    nothing was recorded.
+    """
+    metrics = info.get("test_metrics")
+    if not metrics:
+        return None
+    if not all(isinstance(value, Mapping) for value in metrics.values()):
+        metrics = {"test": metrics}
+    columns = {name: {key: _format(values[key]) for key in HEADLINE_METRICS if key in values}
+               for name, values in metrics.items()}
+    return pd.DataFrame(columns).fillna("n/a").rename_axis("metric")
+
+
+def _format(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

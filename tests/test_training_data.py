@@ -186,3 +186,17 @@ def test_a_run_that_stopped_early_is_not_resumed(tmp_path):
     assert "since step 500" in run.validation_stalled(tmp_path, 1000, 1500)
     assert run.validation_stalled(tmp_path, 0, 10**6) is None  # patience 0: never stop
     assert run.validation_stalled(tmp_path / "fresh", 1000, 5000) is None
+
+
+def test_train_cli_refuses_a_bad_data_argument_before_loading_tensorflow(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for value in ("no_equals_sign", f"x={tmp_path / 'missing'}"):
+        done = subprocess.run([sys.executable, str(root / "tools" / "train.py"), "--data", value, "--config",
+                               str(root / "configs" / "smoke.yaml"), "--model-dir", str(tmp_path / "run")],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(f"error: --data {value}")
+        assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()

@@ -12,7 +12,8 @@ the folder has BUS-BRA's bus_data.csv) and written there the first time.
 How often each dataset and class is drawn is set in the config (task.train_data.sampling).
 Run the same command again to resume from the latest checkpoint in --model-dir.
 TensorBoard logs go to --model-dir; the resolved config to --model-dir/params.yaml.
-Exit status: 0 done, 1 training failed, 2 bad arguments or data.
+Exit status: 0 done (or stopped early), 1 training failed, 2 bad arguments or data,
+130 interrupted (the latest checkpoint stays; the same command resumes).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
 from tqdm import tqdm  # noqa: E402
+
+from busdet.cli import run_command  # noqa: E402
+from busdet.datasets import parse_dataset_arg  # noqa: E402
+from busdet.label_map import load_label_map  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -53,12 +58,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from busdet.datasets import parse_dataset_arg
-    from busdet.label_map import load_label_map
-    from busdet.training import run  # TensorFlow import is slow: after argument parsing
-
     try:
         datasets = [parse_dataset_arg(value, args.splits) for value in args.data]
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from busdet.training import run  # TensorFlow import is slow: after the arguments are checked
+
+    try:
         counts = run.prepare_data(datasets, args.label, args.records, args.seed, args.background_crops,
                                   progress=lambda items: tqdm(items, desc="tfrecords", unit="image"))
         params = run.build_params(args.config, args.records, counts, args.init, args.params_override,
@@ -74,4 +81,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(run_command(main, get_args_parser()))

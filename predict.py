@@ -20,9 +20,11 @@ the file's ultrasound region when it names one. The folder also gets:
                    status (ok or error), the error message, frames and key frame (loops)
 
 Other files are passed over, each named on stderr; hidden files are ignored.
-Nothing from a DICOM header but its geometry and frame count reaches any output. A file that cannot be used (unreadable, a multi-page TIFF, ...)
-gets one stderr line and an error row, and the run goes on. The input folder is
-never written to, and existing outputs are kept unless --overwrite is given.
+Nothing from a DICOM header but its geometry and frame count reaches any output.
+A file that cannot be used (unreadable, a multi-page TIFF, a DICOM without an image
+or in another transfer syntax, ...) gets one stderr line and an error row, and the
+run goes on. The input folder is never written to, and existing outputs are kept
+unless --overwrite is given.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path, default=Path("input"),
-                        help="folder of images to read (default: %(default)s)")
+                        help="folder of images and DICOM files to read (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=Path("output"),
                         help="folder for the annotated copies and the two tables; must not be inside "
                              "--input (default: %(default)s)")

@@ -104,7 +104,8 @@ class BatchResult:
 
     @property
     def box_count(self) -> int:
-        return sum(len(r.shown_boxes) for r in self.results)
+        """Rows of ``predictions.csv``: the shown boxes of every frame the tables hold."""
+        return sum(len(boxes) for r in self.results for _, boxes in r.shown_frames)
 
 
 def _is_hidden(relative: Path) -> bool:

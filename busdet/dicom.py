@@ -100,6 +100,9 @@ def decode_dicom(data: bytes, name: str = "<upload>") -> Scan:
 
 
 def _read(stream: BinaryIO, name: str) -> Scan:
+    # pydicom's warnings about malformed values quote the values (UIDs of the file meta
+    # included): the project's only use of pydicom does not want them on any terminal.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     try:
         dataset = pydicom.dcmread(stream, specific_tags=PIXEL_TAGS)
     except InvalidDicomError:
@@ -166,18 +169,24 @@ def _rgb_frames(dataset: pydicom.Dataset) -> np.ndarray:
     if interpretation in COLOUR_INTERPRETATIONS:
         # pydicom's pixel_array turns YBR_FULL and YBR_FULL_422 into RGB (its convert_color_space).
         return _to_uint8(pixels, int(dataset.BitsStored))
-    gray = apply_voi_lut(pixels, dataset) if "WindowCenter" in dataset or "VOILUTSequence" in dataset else pixels
-    gray = _stretch(gray) if int(dataset.BitsStored) > 8 or gray.dtype.kind == "f" else gray.astype(np.uint8)
+    bits, signed = int(dataset.BitsStored), int(dataset.get("PixelRepresentation", 0) or 0) == 1
+    if ("WindowCenter" in dataset or "VOILUTSequence" in dataset) and not signed:
+        # The window maps the stored values onto the full unsigned range of BitsStored.
+        gray = np.clip(_to_uint8(np.asarray(apply_voi_lut(pixels, dataset), dtype=np.float64), bits), 0, 255)
+    elif bits > 8 or signed:
+        gray = _stretch(pixels)
+    else:
+        gray = pixels.astype(np.uint8)
     if interpretation == "MONOCHROME1":
         gray = 255 - gray
     return np.repeat(gray[..., np.newaxis], 3, axis=-1)
 
 
 def _to_uint8(pixels: np.ndarray, bits: int) -> np.ndarray:
-    """Colour samples of ``bits`` bits -> uint8."""
+    """Samples of ``bits`` bits (unsigned) -> uint8."""
     if bits <= 8:
-        return pixels.astype(np.uint8)
-    return np.round(pixels.astype(np.float64) * (255.0 / (2 ** bits - 1))).astype(np.uint8)
+        return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+    return np.clip(np.round(pixels.astype(np.float64) * (255.0 / (2 ** bits - 1))), 0, 255).astype(np.uint8)
 
 
 def _stretch(gray: np.ndarray) -> np.ndarray:

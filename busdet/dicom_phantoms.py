@@ -22,7 +22,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless, UID
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit, RLELossless, UID
 
 from busdet.boxes import Box, offset_box
 from busdet.files import atomic_write
@@ -52,7 +52,8 @@ def phantom_dicom(frames: Union[np.ndarray, Sequence[np.ndarray]], photometric: 
       frames: one frame ``[H, W, 3]`` or several (a cine loop: ``NumberOfFrames`` is set).
       photometric: MONOCHROME1/2 (from the red channel), RGB, YBR_FULL, YBR_FULL_422 or PALETTE COLOR.
       transfer_syntax: uncompressed (explicit VR little endian), ``JPEGBaseline8Bit`` (Pillow's
-        encoder; MONOCHROME2 or YBR_FULL_422) or ``RLELossless`` (pydicom's encoder).
+        encoder; MONOCHROME2 or YBR_FULL_422), ``JPEGExtended12Bit`` (the same 8-bit stream,
+        which the extended process includes) or ``RLELossless`` (pydicom's encoder).
       region: pixel corners ``(xmin, ymin, xmax, ymax)`` (max exclusive) of a 2-D ultrasound region.
       cm_per_pixel: with ``region``, its ``PhysicalDeltaX/Y`` in cm (units 3).
       phi: fill the header with :data:`FAKE_PHI`.
@@ -68,7 +69,7 @@ def phantom_dicom(frames: Union[np.ndarray, Sequence[np.ndarray]], photometric: 
         dataset.add_new(0x00091010, "LO", "PHI-PRIVATE-TAG")
     if region is not None:
         dataset.SequenceOfUltrasoundRegions = [_region_item(region, cm_per_pixel)]
-    if transfer_syntax == JPEGBaseline8Bit:
+    if transfer_syntax in (JPEGBaseline8Bit, JPEGExtended12Bit):
         _set_jpeg_pixels(dataset, stack, photometric)
     else:
         _set_native_pixels(dataset, stack, photometric)

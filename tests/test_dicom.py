@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit, RLELossless
 
 from busdet.dicom import is_dicom_file, read_dicom
 from busdet.dicom_phantoms import moving_lesion_frames, phantom_dicom, report_dicom, write_dicom
@@ -36,6 +36,7 @@ def dicom_bytes(dataset) -> bytes:
     ("YBR_FULL_422", ExplicitVRLittleEndian, 48),    # chroma shared by pixel pairs: off at sharp edges only
     ("YBR_FULL_422", JPEGBaseline8Bit, 48),          # lossy, and 4:2:2
     ("MONOCHROME2", JPEGBaseline8Bit, 16),
+    ("YBR_FULL_422", JPEGExtended12Bit, 48),         # an 8-bit stream under the extended syntax
     ("RGB", RLELossless, 0),
     ("MONOCHROME2", RLELossless, 0),
 ])
@@ -135,3 +136,19 @@ def test_reading_leaves_the_file_unchanged(tmp_path):
     before = (tmp_path / "scan.dcm").read_bytes()
     read_scan(tmp_path / "scan.dcm")
     assert (tmp_path / "scan.dcm").read_bytes() == before
+
+
+@pytest.mark.parametrize("window", [None, (2048, 4096)])
+def test_twelve_bit_grayscale_comes_out_as_the_eight_bit_image(window):
+    """12 bits stored in 16: stretched to 8 bits, or mapped through the file's window."""
+    image = generate_phantom(1, "benign", width=200, height=150).image
+    dataset = phantom_dicom(image)
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+    dataset.PixelData = (image[..., 0].astype(np.uint16) * 16).tobytes()
+    dataset["PixelData"].VR = "OW"
+    if window:
+        dataset.WindowCenter, dataset.WindowWidth = window
+    frame = decode_scan(dicom_bytes(dataset), "twelve.dcm").frame()
+    expected = image.astype(float) * 16 * 255 / 4095 if window else \
+        (image.astype(float) - image.min()) * 255 / (image.max() - image.min())
+    assert np.abs(frame.astype(float) - expected).max() <= 2

@@ -432,6 +432,33 @@ def test_real_model_on_phantoms(tmp_path, smoke_model, label_map_path):
         assert ((mine["ymin"] >= 0) & (mine["ymin"] + mine["height"] <= row.height)).all()
 
 
+@pytest.mark.slow
+def test_real_model_on_a_calibrated_cine_loop(tmp_path, smoke_model, label_map_path):
+    """The SavedModel on a JPEG loop with a region: rows per frame, inside the region, mm = px x 0.1."""
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from busdet.dicom_phantoms import moving_lesion_frames, phantom_dicom, write_dicom
+    from busdet.inference import read_model_info
+
+    frames, _ = moving_lesion_frames(count=6)
+    write_dicom(tmp_path / "in" / "loop.dcm", phantom_dicom(frames, "YBR_FULL_422", JPEGBaseline8Bit,
+                                                            region=(16, 8, 304, 232), cm_per_pixel=0.01))
+    height, width = read_model_info(smoke_model)["input_size"]
+    args = predict.get_args_parser().parse_args([
+        "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(smoke_model),
+        "--label", str(label_map_path), "--width", str(width), "--height", str(height), "--threshold", "0"])
+    assert predict.main(args) == 0
+    predictions, image_table = read_tables(tmp_path / "out")
+    assert image_table[["frames", "status"]].values.tolist() == [[6, "ok"]]
+    assert len(predictions) == image_table["boxes"].item() > 0
+    assert set(predictions["frame"]) <= set(range(1, 7))
+    assert ((predictions["xmin"] >= 16) & (predictions["xmin"] + predictions["width"] <= 304)).all()
+    assert ((predictions["ymin"] >= 8) & (predictions["ymin"] + predictions["height"] <= 232)).all()
+    assert (predictions["width_mm"] == (predictions["width"] * 0.1).round(1)).all()
+    assert (predictions["height_mm"] == (predictions["height"] * 0.1).round(1)).all()
+    assert video_frame_count(tmp_path / "out" / "loop.dcm.mp4") == 6
+
+
 # --- the page and the CLI agree (issue 11) -------------------------------------
 
 

@@ -15,6 +15,7 @@ are accepted, any other one is named in the error.
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import BinaryIO, Optional, Tuple, Union
 
@@ -25,6 +26,8 @@ from pydicom.pixels import apply_color_lut, apply_voi_lut
 from pydicom.uid import UID
 
 from busdet.images import MAX_IMAGE_PIXELS, ImageReadError, Scan
+
+log = logging.getLogger(__name__)
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 PREAMBLE_LENGTH = 128
@@ -105,16 +108,23 @@ def _read(stream: BinaryIO, name: str) -> Scan:
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     try:
         dataset = pydicom.dcmread(stream, specific_tags=PIXEL_TAGS)
+        _check_readable(dataset, name)
+    except ImageReadError:
+        raise
     except InvalidDicomError:
         raise ImageReadError(name, "not a DICOM file (no DICM preamble)") from None
     except Exception as error:  # noqa: BLE001 - a cut or damaged file fails in many ways (EOFError, struct.error)
         raise ImageReadError(name, f"cannot read DICOM ({_short(error)})") from None
-    _check_readable(dataset, name)
     try:
         frames = _rgb_frames(dataset)
     except Exception as error:  # noqa: BLE001 - truncated pixel data, a broken JPEG stream, ...
         raise ImageReadError(name, f"cannot decode the DICOM pixel data ({_short(error)})") from None
-    region, mm_per_pixel = imaging_region(dataset, frames.shape[2], frames.shape[1])
+    try:
+        region, mm_per_pixel = imaging_region(dataset, frames.shape[2], frames.shape[1])
+    except Exception as error:  # noqa: BLE001 - a damaged region must not cost the image
+        log.warning("%s: ultrasound region unreadable (%s); the whole frame is used, without sizes in mm",
+                    name, _short(error))
+        region, mm_per_pixel = None, None
     return Scan(np.ascontiguousarray(frames), region, mm_per_pixel)
 
 

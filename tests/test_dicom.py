@@ -152,3 +152,20 @@ def test_twelve_bit_grayscale_comes_out_as_the_eight_bit_image(window):
     expected = image.astype(float) * 16 * 255 / 4095 if window else \
         (image.astype(float) - image.min()) * 255 / (image.max() - image.min())
     assert np.abs(frame.astype(float) - expected).max() <= 2
+
+
+def test_damaged_geometry_values_are_one_reason_or_a_warning(caplog):
+    """A frame count that is not a number stops the file; a damaged region only costs the mm."""
+    image = generate_phantom(2, "benign", width=320, height=240).image
+    dataset = phantom_dicom(image, region=(40, 30, 300, 220), cm_per_pixel=0.01)
+    region = dataset.SequenceOfUltrasoundRegions[0]
+    del region.RegionLocationMinX0
+    region.add_new(0x00186018, "LO", "left")  # RegionLocationMinX0 as text, not a number
+    scan = decode_scan(dicom_bytes(dataset), "region.dcm")
+    assert scan.region is None and scan.mm_per_pixel is None and scan.frames.shape == (1, 240, 320, 3)
+    assert any(m.startswith("region.dcm: ultrasound region unreadable") for m in caplog.messages)
+    dataset = phantom_dicom(image)
+    dataset.add_new(0x00280008, "LO", "many")  # NumberOfFrames as text, not a number
+    with pytest.raises(ImageReadError) as error:
+        decode_scan(dicom_bytes(dataset), "frames.dcm")
+    assert error.value.reason.startswith("cannot read DICOM (ValueError")

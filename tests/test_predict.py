@@ -410,17 +410,22 @@ def test_defaults_are_the_seeds_command_and_help_explains_the_statuses():
 # --- the real model ----------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_real_model_on_phantoms(tmp_path, smoke_model, label_map_path):
+def run_real_model(tmp_path, smoke_model, label_map_path) -> int:
+    """predict.py with the smoke SavedModel on tmp_path/in -> tmp_path/out, every box kept."""
     from busdet.inference import read_model_info
 
-    for seed, label in enumerate(["benign", "malignant", "normal"]):
-        save(tmp_path / "in" / f"{label}.png", generate_phantom(seed, label, width=300 + 100 * seed).image)
     height, width = read_model_info(smoke_model)["input_size"]
     args = predict.get_args_parser().parse_args([
         "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(smoke_model),
         "--label", str(label_map_path), "--width", str(width), "--height", str(height), "--threshold", "0"])
-    assert predict.main(args) == 0
+    return predict.main(args)
+
+
+@pytest.mark.slow
+def test_real_model_on_phantoms(tmp_path, smoke_model, label_map_path):
+    for seed, label in enumerate(["benign", "malignant", "normal"]):
+        save(tmp_path / "in" / f"{label}.png", generate_phantom(seed, label, width=300 + 100 * seed).image)
+    assert run_real_model(tmp_path, smoke_model, label_map_path) == 0
     predictions, image_table = read_tables(tmp_path / "out")
     assert image_table["status"].tolist() == ["ok"] * 3
     assert len(predictions) > 0 and set(predictions["label"]) <= {"benign", "malignant"}
@@ -438,16 +443,11 @@ def test_real_model_on_a_calibrated_cine_loop(tmp_path, smoke_model, label_map_p
     from pydicom.uid import JPEGBaseline8Bit
 
     from busdet.dicom_phantoms import moving_lesion_frames, phantom_dicom, write_dicom
-    from busdet.inference import read_model_info
 
     frames, _ = moving_lesion_frames(count=6)
     write_dicom(tmp_path / "in" / "loop.dcm", phantom_dicom(frames, "YBR_FULL_422", JPEGBaseline8Bit,
                                                             region=(16, 8, 304, 232), cm_per_pixel=0.01))
-    height, width = read_model_info(smoke_model)["input_size"]
-    args = predict.get_args_parser().parse_args([
-        "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(smoke_model),
-        "--label", str(label_map_path), "--width", str(width), "--height", str(height), "--threshold", "0"])
-    assert predict.main(args) == 0
+    assert run_real_model(tmp_path, smoke_model, label_map_path) == 0
     predictions, image_table = read_tables(tmp_path / "out")
     assert image_table[["frames", "status"]].values.tolist() == [[6, "ok"]]
     assert len(predictions) == image_table["boxes"].item() > 0

@@ -182,7 +182,7 @@ def _rgb_frames(dataset: pydicom.Dataset) -> np.ndarray:
     bits, signed = int(dataset.BitsStored), int(dataset.get("PixelRepresentation", 0) or 0) == 1
     if ("WindowCenter" in dataset or "VOILUTSequence" in dataset) and not signed:
         # The window maps the stored values onto the full unsigned range of BitsStored.
-        gray = np.clip(_to_uint8(np.asarray(apply_voi_lut(pixels, dataset), dtype=np.float64), bits), 0, 255)
+        gray = _to_uint8(np.asarray(apply_voi_lut(pixels, dataset), dtype=np.float64), bits)
     elif bits > 8 or signed:
         gray = _stretch(pixels)
     else:

@@ -4,6 +4,7 @@
 
 Uses ``saved_model/``, ``label_map.pbtxt`` and demo PNGs in ``input/`` beside this file, or
 ``BUSDET_MODEL_DIR``, ``BUSDET_LABEL_MAP``, ``BUSDET_DEMO_DIR``. Images stay in memory only.
+Takes images and DICOM files (single frames and cine loops, which get a frame slider).
 """
 
 import hashlib
@@ -13,11 +14,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from busdet import images, inference
+from busdet import inference, scans
 from busdet.about import recorded_test_metrics, training_data_markdown
-from busdet.downloads import annotated_image, image_downloads, results_zip
+from busdet.downloads import image_downloads, results_zip
+from busdet.drawing import draw_boxes
 from busdet.images import IMAGE_EXTENSIONS
-from busdet.results import ImageResult, analyse_image, finding_line
+from busdet.results import ImageResult, analyse_image, finding_line, result_finding_line
 from busdet.tables import boxes_table, summary_table
 
 HERE = Path(__file__).resolve().parent
@@ -52,15 +54,17 @@ def analyse_upload(_detector, model_dir: str, content_sha256: str, name: str, _d
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def decode_upload(content_sha256: str, name: str, _data: bytes):
-    """The decoded pixels, keyed by content hash: a slider move redraws without decoding
+    """The decoded pixels (a Scan), keyed by content hash: a slider move redraws without decoding
     again. Few entries: a decoded frame weighs far more than its file."""
-    return images.decode_image(_data, name)
+    return scans.decode_scan(_data, name)
 
 
 def inputs_ui():
     """Sidebar: uploaded files, or one demo image when nothing is uploaded -> [(name, bytes)]."""
-    uploads = st.sidebar.file_uploader("Ultrasound images", accept_multiple_files=True,
-                                       type=[ext.lstrip(".") for ext in IMAGE_EXTENSIONS])
+    # No type filter: DICOM files often have no extension; each file is recognised by its content.
+    uploads = st.sidebar.file_uploader("Ultrasound images or DICOM", accept_multiple_files=True,
+                                       help=f"{', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}, or DICOM "
+                                            "(.dcm or no extension; single frames and cine loops)")
     if uploads:
         return [(upload.name, upload.getvalue()) for upload in uploads]
     demos = sorted(DEMO_DIR.glob("*.png"))
@@ -102,17 +106,33 @@ def about_ui(info: dict) -> None:
             st.dataframe(metrics)
 
 
-def image_result_ui(result: ImageResult, image, key: str) -> None:
-    """Finding, original beside annotated, box table and the three downloads of one image."""
+def frame_ui(result: ImageResult, key: str):
+    """A cine loop's frame slider, starting on the most suspicious frame -> frame number (None: one image)."""
+    if not result.frames:
+        return None
+    numbers = [f.number for f in result.frames]
+    return st.select_slider("Frame", numbers, value=result.key_frame, key=f"frame-{key}-{result.key_frame}",
+                            help=f"{result.frame_count} frames; it starts on the most suspicious one, "
+                                 f"{result.key_frame}.")
+
+
+def image_result_ui(result: ImageResult, scan, key: str) -> None:
+    """Finding, original beside annotated (a loop: the frame chosen), box table and the downloads of one file."""
     st.text(result.filename)
-    st.markdown(f"**{finding_line(result.shown_boxes)}**")
+    st.markdown(f"**{result_finding_line(result)}**")
     st.caption(f"{len(result.shown_boxes)} box(es) at threshold {result.score_threshold:.2f}; "
                f"inference {result.seconds:.2f} s")
+    frame = frame_ui(result, key)
+    boxes = result.shown_boxes if frame is None else result.boxes_in_frame(frame)
+    if frame is not None:
+        st.caption(f"Frame {frame} of {result.frame_count}: {finding_line(boxes, result.mm_per_pixel)}")
+    image = scan.frame(frame)
     original, annotated = st.columns(2)
     original.image(image, caption="Original", output_format="PNG")
-    annotated.image(annotated_image(result, image), caption="Detections", output_format="PNG")
-    st.dataframe(boxes_table(result), hide_index=True)
-    for column, (label, file_name, mime, build) in zip(st.columns(3), image_downloads(result, image)):
+    annotated.image(draw_boxes(image, boxes), caption="Detections", output_format="PNG")
+    st.dataframe(boxes_table(result, frame), hide_index=True)
+    downloads = image_downloads(result, scan)
+    for column, (label, file_name, mime, build) in zip(st.columns(len(downloads)), downloads):
         column.download_button(label, build, file_name, mime, key=f"{label}-{key}", on_click="ignore")
 
 
@@ -125,7 +145,7 @@ def batch_ui(results, pixels) -> None:
                        "application/zip", key="zip", on_click="ignore")
     for number, (result, image) in enumerate(zip(results, pixels), start=1):
         if result.ok:
-            with st.expander(f"Image {number}: {finding_line(result.shown_boxes)}"):
+            with st.expander(f"Image {number}: {result_finding_line(result)}"):
                 image_result_ui(result, image, key=str(number))
 
 

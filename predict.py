@@ -7,17 +7,24 @@
 For each image (png, jpg, jpeg, bmp, tif, tiff) the output folder gets a copy
 under the same name, at the image's own size, with every box at or above the
 threshold drawn (class name and score; benign blue, malignant orange) or a
-"no lesion above threshold" mark. It also gets:
+"no lesion above threshold" mark. A DICOM file (.dcm, .dicom, or any file with
+the DICM preamble) gets NAME.png; a cine loop (multi-frame DICOM) gets its most
+suspicious frame as NAME.png and every frame run as NAME.mp4. The model runs on
+the file's ultrasound region when it names one. The folder also gets:
 
-  predictions.csv  one row per box: filename,xmin,ymin,width,height,label,score
-                   (pixels of the original image, as tools/mask_to_bbox.py writes them)
-  images.csv       one row per image: size, number of boxes, top label and score,
-                   status (ok or error) and the error message
+  predictions.csv  one row per box (per frame of a loop):
+                   filename,xmin,ymin,width,height,label,score,frame,width_mm,height_mm
+                   (pixels of the original image, as tools/mask_to_bbox.py writes them;
+                   frame 1-based in a loop, else empty; mm when the DICOM is calibrated)
+  images.csv       one row per file: size, number of boxes, top label and score,
+                   status (ok or error), the error message, frames and key frame (loops)
 
-Files without an image extension are passed over, each named on stderr; hidden
-files are ignored. A file that cannot be used (unreadable, a multi-page TIFF, ...)
-gets one stderr line and an error row, and the run goes on. The input folder is
-never written to, and existing outputs are kept unless --overwrite is given.
+Other files are passed over, each named on stderr; hidden files are ignored.
+Nothing from a DICOM header but its geometry and frame count reaches any output.
+A file that cannot be used (unreadable, a multi-page TIFF, a DICOM without an image
+or in another transfer syntax, ...) gets one stderr line and an error row, and the
+run goes on. The input folder is never written to, and existing outputs are kept
+unless --overwrite is given.
 """
 
 from __future__ import annotations
@@ -60,11 +67,20 @@ def score(text: str) -> float:
     return value
 
 
+def frame_choice(text: str):
+    """``--frames``: "all", "key" or a whole number N >= 1 (every Nth frame)."""
+    if text in ("all", "key"):
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not all, key or a whole number >= 1")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path, default=Path("input"),
-                        help="folder of images to read (default: %(default)s)")
+                        help="folder of images and DICOM files to read (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=Path("output"),
                         help="folder for the annotated copies and the two tables; must not be inside "
                              "--input (default: %(default)s)")
@@ -76,6 +92,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--score-threshold", "--threshold", dest="score_threshold", type=score, default=None,
                         help="lowest score (0-1) of a box that is drawn and written (default: the model's "
                              f"operating point from its model_info.json, else {DEFAULT_SCORE_THRESHOLD})")
+    parser.add_argument("--frames", type=frame_choice, default="all", metavar="all|key|N",
+                        help="cine loops: run and write every frame (all), run every frame but write only the "
+                             "most suspicious one (key), or run and write every Nth frame from the first "
+                             "(default: %(default)s)")
     parser.add_argument("--width", type=int, default=640,
                         help="the model's input width in pixels (default: %(default)s). The size is fixed "
                              "when the model is exported; the model resizes every image to it, padding to "
@@ -114,7 +134,7 @@ def main(args: argparse.Namespace) -> int:
     with logging_redirect_tqdm():
         result = batch.run_batch(
             detector, plan, threshold,
-            progress=lambda items: tqdm(items, desc="predict", unit="img", file=sys.stderr))
+            progress=lambda items: tqdm(items, desc="predict", unit="img", file=sys.stderr), frames=args.frames)
     print(batch.format_summary(result, load_seconds), file=sys.stderr)
     if result.interrupted:
         return 130

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from busdet import batch  # noqa: E402
-from busdet.drawing import draw_boxes  # noqa: E402
+from busdet.downloads import annotated_image  # noqa: E402
 from busdet.images import read_image, write_image  # noqa: E402
 from busdet.inference import load_detector, timed_detect  # noqa: E402
 from busdet.results import analyse_image  # noqa: E402
@@ -78,10 +79,10 @@ def end_to_end_latencies(detector, plan: batch.BatchPlan, repeat: int):
     for _ in range(repeat):
         for relative in plan.images:
             start = time.perf_counter()
-            result, image = analyse_image(detector, relative.as_posix(),
-                                          functools.partial(read_image, plan.input_dir / relative),
-                                          detector.score_threshold)
-            write_image(plan.output_path(relative), draw_boxes(image, result.shown_boxes), overwrite=True)
+            result, scan = analyse_image(detector, relative.as_posix(),
+                                         functools.partial(read_image, plan.input_dir / relative),
+                                         detector.score_threshold)
+            write_image(plan.output_path(relative), annotated_image(result, scan), overwrite=True)
             total.append(time.perf_counter() - start)
             model.append(result.seconds)
     return np.array(total), np.array(model)
@@ -128,12 +129,17 @@ def main(args: argparse.Namespace) -> int:
             images_dir = Path(scratch) / "images"
             write_phantoms(images_dir, args.limit)
         figures = measure(args, images_dir, Path(scratch) / "output")
+    report(figures, args.json)
+    return 0
+
+
+def report(figures: dict, json_path: Optional[Path]) -> None:
+    """Prints the figures one per line, and writes them to ``json_path`` too when given."""
     width = max(map(len, figures))
     for name, value in figures.items():
         print(f"{name:<{width}}  {value}")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=1) + "\n")
-    return 0
+    if json_path:
+        json_path.write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

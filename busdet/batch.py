@@ -2,13 +2,15 @@
 
     detector = load_detector("saved_model", "label_map.pbtxt")
     plan = plan_batch(Path("input"), Path("output"), recursive=False, overwrite=False)
-    result = run_batch(detector, plan, detector.score_threshold)
+    result = run_batch(detector, plan, detector.score_threshold, frames="all")
     print(format_summary(result, load_seconds))
 
-For every file with an image extension the output folder gets an annotated copy
-under the same relative name, at the image's own resolution (boxes at or above
-the threshold, or a "no lesion" mark), one row in ``images.csv`` and one row per
-box in ``predictions.csv`` (geometry as ``tools/mask_to_bbox.py`` writes it).
+For every image (an image extension) and DICOM file (``.dcm``, ``.dicom`` or the
+``DICM`` preamble) the output folder gets an annotated copy under the same
+relative name (a DICOM file's gets ``.png`` added, and a cine loop's also an
+``.mp4``), at the image's own resolution (boxes at or above the threshold, or a
+"no lesion" mark), one row in ``images.csv`` and one row per box (per frame of a
+loop) in ``predictions.csv`` (geometry as ``tools/mask_to_bbox.py`` writes it).
 A file that cannot be read gets an ``error`` row; the others are still done.
 The tables hold every finished image at all times (rewritten atomically every few
 seconds and at the end), so a killed run keeps the rows of the images it did.
@@ -30,13 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-import numpy as np
-
-from busdet.drawing import draw_boxes
+from busdet.downloads import annotated_frames, annotated_image
 from busdet.files import OutputError, check_writable_folder, write_csv
-from busdet.images import IMAGE_EXTENSIONS, is_image_file, read_image, write_image
+from busdet.images import IMAGE_EXTENSIONS, Scan, is_image_file, write_image, write_video
 from busdet.inference import Detector
-from busdet.results import ImageResult, analyse_image
+from busdet.results import FrameChoice, ImageResult, analyse_image
+from busdet.scans import is_input_file, read_scan
 from busdet.tables import images_table, predictions_table
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,17 @@ class BatchPlan:
     unsearched_folders: int = 0
 
     def output_path(self, relative: Path) -> Path:
-        return self.output_dir / relative
+        """The annotated copy: the same relative name, with ``.png`` added to a DICOM file's."""
+        return self.output_dir / (relative if is_image_file(relative) else relative.with_name(relative.name + ".png"))
+
+    def output_files(self, relative: Path) -> List[Path]:
+        """Every file an input may get: its annotated copy, and an MP4 if it is DICOM (maybe a loop)."""
+        copy = self.output_path(relative)
+        return [copy] if is_image_file(relative) else [copy, self.video_path(relative)]
+
+    def video_path(self, relative: Path) -> Path:
+        """The annotated MP4 of a cine loop: the DICOM file's name with ``.mp4`` added."""
+        return self.output_dir / relative.with_name(relative.name + ".mp4")
 
     @property
     def tables(self) -> List[Path]:
@@ -93,7 +104,8 @@ class BatchResult:
 
     @property
     def box_count(self) -> int:
-        return sum(len(r.shown_boxes) for r in self.results)
+        """Rows of ``predictions.csv``: the shown boxes of every frame the tables hold."""
+        return sum(len(boxes) for r in self.results for _, boxes in r.shown_frames)
 
 
 def _is_hidden(relative: Path) -> bool:
@@ -107,9 +119,10 @@ def list_inputs(input_dir: Path, recursive: bool = False) -> Tuple[List[Path], L
     time (a link loop, or two links to one folder) is listed as passed over.
 
     Returns:
-      ``(images, others, folders)``: paths relative to ``input_dir`` with and without
-      an image extension (and folders read already), and the number of sub-folders
-      not searched (0 when recursive).
+      ``(images, others, folders)``: paths relative to ``input_dir`` of the files read
+      (an image extension, or DICOM: :func:`busdet.scans.is_input_file`) and of the
+      others (and folders read already), and the number of sub-folders not searched
+      (0 when recursive).
     """
     images, others, folders, seen = [], [], 0, set()
     for root, dirs, files in os.walk(input_dir, followlinks=recursive):
@@ -124,7 +137,7 @@ def list_inputs(input_dir: Path, recursive: bool = False) -> Tuple[List[Path], L
         for name in sorted(files):
             relative = (Path(root) / name).relative_to(input_dir)
             if not _is_hidden(relative):
-                (images if is_image_file(name) else others).append(relative)
+                (images if is_input_file(Path(root) / name) else others).append(relative)
     return images, others, folders
 
 
@@ -132,9 +145,7 @@ def skip_reason(path: Path) -> str:
     """Why a listed path is passed over (see :func:`list_inputs`)."""
     if path.is_dir():
         return "a folder already read through another link; not read twice"
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return "DICOM is not read; export the frames as PNG"
-    return f"not an image file ({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})"
+    return f"not an image file ({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}) nor DICOM"
 
 
 def check_output_location(input_dir: Path, output_dir: Path) -> None:
@@ -154,7 +165,7 @@ def check_output_location(input_dir: Path, output_dir: Path) -> None:
 
 def first_existing_output(plan: BatchPlan) -> Optional[Path]:
     """The first file the run would replace (tables first, then annotated copies), or None."""
-    candidates = plan.tables + [plan.output_path(relative) for relative in plan.images]
+    candidates = plan.tables + [path for relative in plan.images for path in plan.output_files(relative)]
     return next((path for path in candidates if path.exists()), None)
 
 
@@ -178,8 +189,11 @@ def plan_batch(input_dir: Path, output_dir: Path, recursive: bool = False, overw
     return plan
 
 
-def _draw_and_write(image: np.ndarray, result: ImageResult, path: Path, overwrite: bool) -> None:
-    write_image(path, draw_boxes(image, result.shown_boxes), overwrite=overwrite)
+def _draw_and_write(scan: Scan, result: ImageResult, plan: BatchPlan, relative: Path) -> None:
+    """The annotated copy (a loop's key frame), and a loop's annotated MP4."""
+    write_image(plan.output_path(relative), annotated_image(result, scan), overwrite=plan.overwrite)
+    if result.frames:
+        write_video(plan.video_path(relative), annotated_frames(result, scan), overwrite=plan.overwrite)
 
 
 def _logged(result: ImageResult, path: Path) -> ImageResult:
@@ -206,7 +220,8 @@ def _identity(items):
 
 
 def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
-              progress: Callable[[Iterable], Iterable] = _identity, workers: int = 2) -> BatchResult:
+              progress: Callable[[Iterable], Iterable] = _identity, workers: int = 2,
+              frames: FrameChoice = "all") -> BatchResult:
     """Annotates every image of ``plan`` and writes the two tables, even on Ctrl-C.
 
     Every record comes from :func:`busdet.results.analyse_image`, as on the page.
@@ -216,6 +231,7 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
       score_threshold: boxes below it are neither drawn nor written.
       progress: wraps the image list, e.g. ``lambda items: tqdm(items, unit="img")``.
       workers: threads that read and write while the model runs.
+      frames: which frames of a cine loop run and are written (``--frames``: "all", "key" or every Nth).
     Returns:
       The records of the images finished; ``interrupted`` is True after a
       KeyboardInterrupt, which is not re-raised (the tables are written first).
@@ -233,13 +249,13 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
         for index, relative in enumerate(progress(plan.images)):
             for ahead in range(index, min(index + READ_AHEAD + 1, len(plan.images))):
                 if ahead not in reads:
-                    reads[ahead] = pool.submit(read_image, plan.input_dir / plan.images[ahead])
-            result, image = analyse_image(detector, relative.as_posix(), reads.pop(index).result, score_threshold)
-            if image is None:
+                    reads[ahead] = pool.submit(read_scan, plan.input_dir / plan.images[ahead])
+            result, scan = analyse_image(detector, relative.as_posix(), reads.pop(index).result, score_threshold,
+                                         frames)
+            if scan is None:
                 done[index] = _logged(result, plan.input_dir / relative)
             else:
-                writes[index] = (result, pool.submit(_draw_and_write, image, result,
-                                                     plan.output_path(relative), plan.overwrite))
+                writes[index] = (result, pool.submit(_draw_and_write, scan, result, plan, relative))
             _finish_writes(writes, done, plan, keep_pending=MAX_PENDING_WRITES)
             if time.perf_counter() - last_save >= TABLE_SAVE_SECONDS:
                 write_tables(_result_so_far(plan, done, start), replace=saved)
@@ -303,6 +319,10 @@ def format_summary(result: BatchResult, load_seconds: float) -> str:
         f"median inference {median}/image; {rate:.1f} images/s overall ({count} in {result.elapsed:.1f} s)",
         f"{result.box_count} boxes -> {plan.tables[0]}; one row per image -> {plan.tables[1]}",
     ]
+    loops = [r for r in result.results if r.frames]
+    if loops:
+        lines.append(f"{len(loops)} cine loop(s): {sum(len(r.frames) for r in loops)} frames run "
+                     f"({sum(r.seconds or 0.0 for r in loops):.1f} s of inference)")
     if plan.unsearched_folders:
         lines.append(f"{plan.unsearched_folders} sub-folders not searched (use --recursive)")
     if result.interrupted:

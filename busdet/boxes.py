@@ -73,6 +73,21 @@ def box_to_pixel_xywh(box: Box) -> List[int]:
     return [xmin, ymin, xmax - xmin, ymax - ymin]
 
 
+def offset_box(box: Box, dx: float, dy: float) -> Box:
+    """``box`` moved by ``(dx, dy)`` pixels: from a crop's pixels to those of the frame it was cut from."""
+    return replace(box, xmin=box.xmin + dx, ymin=box.ymin + dy, xmax=box.xmax + dx, ymax=box.ymax + dy)
+
+
+def box_size_mm(box: Box, mm_per_pixel: Sequence[float]) -> List[float]:
+    """``[width_mm, height_mm]`` of the box as the CSVs write it (:func:`box_to_pixel_xywh`), to 0.1 mm.
+
+    ``mm_per_pixel`` is ``(x, y)``; the sizes are those integer pixel extents times it,
+    so that they agree with the ``width``/``height`` columns beside them.
+    """
+    _, _, width, height = box_to_pixel_xywh(box)
+    return [round(width * float(mm_per_pixel[0]), 1), round(height * float(mm_per_pixel[1]), 1)]
+
+
 def boxes_from_normalized_yxyx(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray,
                                class_names: dict, image_width: int, image_height: int) -> List[Box]:
     """Model output -> boxes in original-image pixels, clipped to the image.

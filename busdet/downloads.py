@@ -2,7 +2,8 @@
 
     annotated_png(result, image)            # PNG bytes of the image with its shown boxes drawn
     predictions_json([result])              # one record per image, boxes as integer x, y, width, height
-    results_zip(results, images)            # tables, JSON and annotated PNGs of several images, one archive
+    annotated_mp4(result, scan)             # a cine loop: MP4 of the frames run, each with its boxes
+    results_zip(results, scans)             # tables, JSON, annotated PNGs (and MP4s) of several files, one archive
 
 The CSV tables come from :mod:`busdet.tables`, byte for byte what ``predict.py``
 writes. Nothing here touches the disk: the bytes go straight to the browser, so an
@@ -13,14 +14,14 @@ from __future__ import annotations
 
 import io
 import zipfile
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from busdet.boxes import Box, box_to_pixel_xywh
 from busdet.drawing import draw_boxes
 from busdet.files import json_text, safe_stem
-from busdet.images import encode_png
+from busdet.images import Scan, as_scan, encode_mp4, encode_png
 from busdet.results import ImageResult, image_finding
 from busdet.tables import images_csv, predictions_csv
 
@@ -29,31 +30,49 @@ from busdet.tables import images_csv, predictions_csv
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
-def annotated_image(result: ImageResult, image: np.ndarray) -> np.ndarray:
-    """``image`` (RGB ``uint8 [H, W, 3]``) with the result's shown boxes drawn, a new array."""
+def annotated_image(result: ImageResult, image: Union[np.ndarray, Scan]) -> np.ndarray:
+    """The image (RGB ``uint8 [H, W, 3]``, or a Scan's key frame) with the result's shown boxes
+    drawn, a new array."""
+    if isinstance(image, Scan):
+        image = image.frame(result.key_frame)
     return draw_boxes(image, result.shown_boxes)
 
 
-def annotated_png(result: ImageResult, image: np.ndarray) -> bytes:
+def annotated_frames(result: ImageResult, scan: Scan) -> List[np.ndarray]:
+    """Every frame of a loop that the model ran on, with that frame's shown boxes drawn."""
+    return [draw_boxes(scan.frame(f.number), result.boxes_in_frame(f.number)) for f in result.frames]
+
+
+def annotated_mp4(result: ImageResult, scan: Scan) -> bytes:
+    """MP4 bytes of :func:`annotated_frames` (:func:`busdet.images.encode_mp4`)."""
+    return encode_mp4(annotated_frames(result, scan))
+
+
+def annotated_png(result: ImageResult, image: Union[np.ndarray, Scan]) -> bytes:
     """PNG bytes of :func:`annotated_image` (lossless, full resolution)."""
     return encode_png(annotated_image(result, image))
 
 
-def box_record(box: Box) -> Dict:
-    """A box as JSON-ready integers ``x, y, width, height`` (the CSV's geometry)."""
+def box_record(box: Box, frame: Optional[int] = None, size_mm: Optional[Sequence[float]] = None) -> Dict:
+    """A box as JSON-ready integers ``x, y, width, height`` (the CSV's geometry), with its frame
+    (1-based, loops) and size in mm (calibrated files), None where there is none."""
     xmin, ymin, width, height = box_to_pixel_xywh(box)
     score = None if box.score is None else round(float(box.score), 4)
-    return {"xmin": xmin, "ymin": ymin, "width": width, "height": height, "label": box.label, "score": score}
+    width_mm, height_mm = size_mm or (None, None)
+    return {"xmin": xmin, "ymin": ymin, "width": width, "height": height, "label": box.label, "score": score,
+            "frame": frame, "width_mm": width_mm, "height_mm": height_mm}
 
 
 def image_record(result: ImageResult) -> Dict:
-    """Everything known about one file as a JSON-ready dict (the shown boxes only)."""
+    """Everything known about one file as a JSON-ready dict (the shown boxes of every frame the tables hold)."""
     sentence, score = image_finding(result.shown_boxes) if result.ok else ("", None)
+    boxes = [box_record(b, frame, result.size_mm(b)) for frame, shown in result.shown_frames for b in shown]
     return {"filename": result.filename, "width": result.width, "height": result.height,
+            "frames": result.frame_count, "key_frame": result.key_frame,
             "score_threshold": result.score_threshold, "finding": sentence,
             "finding_score": None if score is None else round(float(score), 4),
             "inference_seconds": None if result.seconds is None else round(result.seconds, 3),
-            "error": result.error, "boxes": [box_record(b) for b in result.shown_boxes]}
+            "error": result.error, "boxes": boxes}
 
 
 def predictions_json(results: Sequence[ImageResult]) -> bytes:
@@ -61,16 +80,20 @@ def predictions_json(results: Sequence[ImageResult]) -> bytes:
     return json_text([image_record(r) for r in results]).encode("utf-8")
 
 
-def image_downloads(result: ImageResult, image: np.ndarray) -> List[Tuple[str, str, str, Callable[[], bytes]]]:
-    """The take-away files of one image: ``(label, file name, MIME type, build)``.
+def image_downloads(result: ImageResult, image: Union[np.ndarray, Scan]) -> List[Tuple[str, str, str,
+                                                                                    Callable[[], bytes]]]:
+    """The take-away files of one file: ``(label, file name, MIME type, build)``; a loop adds its MP4.
 
     ``build`` makes the bytes only when called, so that a page can offer the
     files without encoding them on every redraw.
     """
-    stem = safe_stem(result.filename)
-    return [("Annotated PNG", f"{stem}_annotated.png", "image/png", lambda: annotated_png(result, image)),
-            ("Boxes CSV", f"{stem}_predictions.csv", "text/csv", lambda: predictions_csv([result])),
-            ("Boxes JSON", f"{stem}_predictions.json", "application/json", lambda: predictions_json([result]))]
+    stem, scan = safe_stem(result.filename), as_scan(image)
+    files = [("Annotated PNG", f"{stem}_annotated.png", "image/png", lambda: annotated_png(result, scan)),
+             ("Boxes CSV", f"{stem}_predictions.csv", "text/csv", lambda: predictions_csv([result])),
+             ("Boxes JSON", f"{stem}_predictions.json", "application/json", lambda: predictions_json([result]))]
+    if result.frames:
+        files.append(("Annotated MP4", f"{stem}_annotated.mp4", "video/mp4", lambda: annotated_mp4(result, scan)))
+    return files
 
 
 def _unique_names(stems: Sequence[str], suffix: str) -> List[str]:
@@ -83,17 +106,21 @@ def _unique_names(stems: Sequence[str], suffix: str) -> List[str]:
     return names
 
 
-def results_zip(results: Sequence[ImageResult], images: Sequence[Optional[np.ndarray]]) -> bytes:
+def results_zip(results: Sequence[ImageResult], images: Sequence[Union[np.ndarray, Scan, None]]) -> bytes:
     """One ZIP with ``predictions.csv``, ``images.csv``, ``predictions.json`` and
-    ``annotated/<name>_annotated.png`` for every readable image.
+    ``annotated/<name>_annotated.png`` for every readable file (and ``<name>_annotated.mp4`` for a loop).
 
     ``images[i]`` holds the pixels of ``results[i]`` (None where there are none).
     """
-    drawn = [(r, image) for r, image in zip(results, images) if r.ok and image is not None]
-    png_names = _unique_names([safe_stem(r.filename) for r, _ in drawn], "_annotated.png")
+    drawn = [(r, as_scan(image)) for r, image in zip(results, images) if r.ok and image is not None]
+    stems = [name[:-len("_annotated")] for name in _unique_names([safe_stem(r.filename) for r, _ in drawn],
+                                                                 "_annotated")]
     members = [("predictions.csv", predictions_csv(results)), ("images.csv", images_csv(results)),
                ("predictions.json", predictions_json(results))]
-    members += [(f"annotated/{name}", annotated_png(r, image)) for name, (r, image) in zip(png_names, drawn)]
+    for stem, (r, scan) in zip(stems, drawn):
+        members.append((f"annotated/{stem}_annotated.png", annotated_png(r, scan)))
+        if r.frames:
+            members.append((f"annotated/{stem}_annotated.mp4", annotated_mp4(r, scan)))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, data in members:

@@ -7,11 +7,16 @@ page, the CLI, training and evaluation agree on the pixels boxes refer to.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -37,6 +42,39 @@ class ImageReadError(ValueError):
     def __init__(self, name: str, reason: str):
         super().__init__(f"{name}: {reason}")
         self.name, self.reason = name, reason
+
+
+@dataclass(frozen=True, eq=False)
+class Scan:
+    """The pixels of one input file, and the geometry its header gives (DICOM); nothing else of it.
+
+    Attributes:
+      frames: RGB ``uint8 [F, H, W, 3]``; ``F > 1`` only for a multi-frame file (a cine loop).
+      region: pixel corners ``(xmin, ymin, xmax, ymax)`` (max exclusive) of the imaging
+        region the model runs on; None for the whole frame.
+      mm_per_pixel: ``(x, y)`` millimetres per pixel; None when the file carries no calibration.
+    """
+
+    frames: np.ndarray
+    region: Optional[Tuple[int, int, int, int]] = None
+    mm_per_pixel: Optional[Tuple[float, float]] = None
+
+    @property
+    def frame_count(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def multi_frame(self) -> bool:
+        return self.frame_count > 1
+
+    def frame(self, number: Optional[int] = None) -> np.ndarray:
+        """Frame ``number`` (1-based; None: the first) as RGB ``uint8 [H, W, 3]``."""
+        return self.frames[0 if number is None else number - 1]
+
+
+def as_scan(image: Union[np.ndarray, Scan]) -> Scan:
+    """A :class:`Scan` as it is, or an RGB ``uint8 [H, W, 3]`` image as a one-frame Scan."""
+    return image if isinstance(image, Scan) else Scan(image[np.newaxis])
 
 
 def is_image_file(path: Union[str, Path]) -> bool:
@@ -129,6 +167,60 @@ def encode_png(image: np.ndarray) -> bytes:
 # faster (about 40 ms instead of 100-250 ms for a BUSI-sized frame) and the files
 # come out no larger, which keeps writing from limiting predict.py's throughput.
 _SAVE_OPTIONS = {"JPEG": {"quality": 95}, "PNG": {"compress_level": 3}}
+
+
+# MPEG-4 Part 2 ("mp4v"): the codec OpenCV's bundled FFmpeg writes without any other
+# library (its H.264 needs a hardware encoder). Plays in VLC, mpv and most players.
+VIDEO_FOURCC = "mp4v"
+VIDEO_FPS = 10.0
+
+
+def encode_mp4(frames: Sequence[np.ndarray], fps: float = VIDEO_FPS) -> bytes:
+    """RGB ``uint8 [H, W, 3]`` frames -> MP4 bytes (OpenCV's VideoWriter, no metadata of ours).
+
+    The writer needs a seekable file: it gets an anonymous in-memory one (Linux
+    ``memfd``), so that no frame of an upload ever lands on the server's disk;
+    elsewhere a temporary file that is removed at once.
+    """
+    height, width = frames[0].shape[:2]
+    with _scratch_file() as path:
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*VIDEO_FOURCC), fps, (width, height))
+        if not writer.isOpened():
+            raise OSError(f"OpenCV cannot write {VIDEO_FOURCC} video here")
+        try:
+            for frame in frames:
+                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()
+        with open(path, "rb") as stream:
+            return stream.read()
+
+
+@contextlib.contextmanager
+def _scratch_file() -> Iterator[str]:
+    """A ``.mp4`` path to write and read back (FFmpeg picks the container by the name).
+
+    On Linux it is a link, in a temporary folder, to an anonymous in-memory file
+    (``memfd``): the frames never reach the disk. Elsewhere a temporary file.
+    """
+    with tempfile.TemporaryDirectory(prefix="busdet-") as folder:
+        path = os.path.join(folder, "video.mp4")
+        if not (hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")):
+            yield path
+            return
+        descriptor = os.memfd_create("busdet-video")
+        try:
+            os.symlink(f"/proc/{os.getpid()}/fd/{descriptor}", path)
+            yield path
+        finally:
+            os.close(descriptor)
+
+
+def write_video(path: Union[str, Path], frames: Sequence[np.ndarray], overwrite: bool = True) -> None:
+    """Writes RGB frames as an MP4 (:func:`encode_mp4`) atomically."""
+    data = encode_mp4(frames)
+    with atomic_write(path, "wb", overwrite=overwrite) as stream:
+        stream.write(data)
 
 
 def write_image(path: Union[str, Path], image: np.ndarray, overwrite: bool = True) -> None:

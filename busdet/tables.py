@@ -1,20 +1,25 @@
 """``predictions.csv`` and ``images.csv`` from per-image records: one builder for the CLI and the page.
 
-    predictions_table(results)     # one row per shown box: filename,xmin,ymin,width,height,label,score
-    images_table(results)          # one row per file: size, boxes, top label and score, status, error
+    predictions_table(results)     # one row per shown box (per frame of a loop):
+                                   # filename,xmin,ymin,width,height,label,score,frame,width_mm,height_mm
+    images_table(results)          # one row per file: size, boxes, top label and score, status, error,
+                                   # frames and key frame (loops)
     images_csv(results)            # the bytes predict.py writes and the page offers: identical
 
 Both the batch writer and the page's downloads turn the tables into bytes with
 :func:`busdet.files.csv_bytes`, so the same files give the same ``images.csv``.
 
-``predictions.csv`` has the annotation CSV's geometry plus a score, so that it can
-be compared with the output of ``tools/mask_to_bbox.py`` directly (and read back
-by :func:`busdet.evaluation.read_predictions_csv`).
+``predictions.csv`` starts with the seed's seven columns, the annotation CSV's
+geometry plus a score, so that it can be compared with the output of
+``tools/mask_to_bbox.py`` directly (and read back by
+:func:`busdet.evaluation.read_predictions_csv`). Then come ``frame`` (1-based in a
+multi-frame file, empty otherwise) and ``width_mm,height_mm`` (empty without calibration).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import replace
+from typing import Optional, Sequence
 
 import pandas as pd
 
@@ -22,42 +27,60 @@ from busdet.boxes import Box, box_to_pixel_xywh
 from busdet.files import csv_bytes
 from busdet.results import ImageResult, image_finding, top_box
 
-PREDICTION_COLUMNS = ["filename", "xmin", "ymin", "width", "height", "label", "score"]
-IMAGE_COLUMNS = ["filename", "width", "height", "boxes", "top_label", "top_score", "status", "error"]
-BOX_COLUMNS = ["label", "score", "xmin", "ymin", "width", "height"]  # one image's boxes, for display
+# The seed's columns, which tools/evaluate.py reads, then what DICOM adds.
+SEED_PREDICTION_COLUMNS = ["filename", "xmin", "ymin", "width", "height", "label", "score"]
+PREDICTION_COLUMNS = SEED_PREDICTION_COLUMNS + ["frame", "width_mm", "height_mm"]
+IMAGE_COLUMNS = ["filename", "width", "height", "boxes", "top_label", "top_score", "status", "error",
+                 "frames", "key_frame"]
+BOX_COLUMNS = ["label", "score", "xmin", "ymin", "width", "height", "width_mm", "height_mm"]  # for display
+# Columns that may be empty: nullable types, so that integers stay 512 (not 512.0) and gaps stay empty.
+_PREDICTION_TYPES = {"frame": "Int64", "width_mm": "Float64", "height_mm": "Float64"}
+_IMAGE_TYPES = {"width": "Int64", "height": "Int64", "boxes": "Int64", "frames": "Int64", "key_frame": "Int64"}
+
+
+def prediction_rows(result: ImageResult) -> list:
+    """One :data:`PREDICTION_COLUMNS` row per shown box of the file (per frame the tables hold),
+    frame by frame, most confident first."""
+    rows = []
+    for frame, boxes in result.shown_frames:
+        for box in sorted(boxes, key=lambda b: -(b.score or 0.0)):
+            size = result.size_mm(box) or [None, None]
+            rows.append([result.filename, *box_to_pixel_xywh(box), box.label, round(float(box.score), 4),
+                         frame, *size])
+    return rows
 
 
 def predictions_frame(filename: str, boxes: Sequence[Box]) -> pd.DataFrame:
-    """One row per box, most confident first, in :data:`PREDICTION_COLUMNS`."""
-    rows = [[filename, *box_to_pixel_xywh(b), b.label, round(float(b.score), 4)]
-            for b in sorted(boxes, key=lambda b: -(b.score or 0.0))]
-    return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    """The :data:`PREDICTION_COLUMNS` rows of one single image's boxes (all of them, whatever their score)."""
+    return predictions_table([ImageResult(filename, boxes=tuple(boxes), score_threshold=0.0)])
 
 
 def predictions_table(results: Sequence[ImageResult]) -> pd.DataFrame:
     """``predictions.csv``: the shown boxes of every file, in input order."""
-    frames = [predictions_frame(r.filename, r.shown_boxes) for r in results if r.shown_boxes]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
+    rows = [row for result in results for row in prediction_rows(result)]
+    return pd.DataFrame(rows, columns=PREDICTION_COLUMNS).astype(_PREDICTION_TYPES)
 
 
-def boxes_table(result: ImageResult) -> pd.DataFrame:
-    """The shown boxes of one image for display, label and score first (:data:`BOX_COLUMNS`)."""
-    return predictions_frame(result.filename, result.shown_boxes)[BOX_COLUMNS]
+def boxes_table(result: ImageResult, frame: Optional[int] = None) -> pd.DataFrame:
+    """The shown boxes of one image (or of frame ``frame`` of a loop) for display, label and
+    score first (:data:`BOX_COLUMNS`)."""
+    if frame is not None:
+        result = replace(result, frames=tuple(f for f in result.frames if f.number == frame), key_frame_only=False)
+    return predictions_table([result])[BOX_COLUMNS]
 
 
 def image_row(result: ImageResult) -> list:
-    """One ``images.csv`` row: size, shown box count, top label and score, status, error."""
-    shown = result.shown_boxes
-    best = top_box(shown)
-    return [result.filename, result.width, result.height, len(shown), best.label if best else "",
-            round(float(best.score), 4) if best else None, "ok" if result.ok else "error", result.error or ""]
+    """One ``images.csv`` row: size, shown box count (all frames held), top label and score (the key
+    frame's), status, error, frame count and key frame (loops)."""
+    best = top_box(result.shown_boxes)
+    return [result.filename, result.width, result.height, len(prediction_rows(result)), best.label if best else "",
+            round(float(best.score), 4) if best else None, "ok" if result.ok else "error", result.error or "",
+            result.frame_count, result.key_frame]
 
 
 def images_table(results: Sequence[ImageResult]) -> pd.DataFrame:
     """``images.csv``: one row per file given, unreadable ones included (status ``error`` and why)."""
-    table = pd.DataFrame([image_row(r) for r in results], columns=IMAGE_COLUMNS)
-    # Unreadable images have no size: keep the columns integer (not 512.0) with empty cells.
-    return table.astype({"width": "Int64", "height": "Int64", "boxes": "Int64"})
+    return pd.DataFrame([image_row(r) for r in results], columns=IMAGE_COLUMNS).astype(_IMAGE_TYPES)
 
 
 def summary_table(results: Sequence[ImageResult]) -> pd.DataFrame:

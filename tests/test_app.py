@@ -265,3 +265,79 @@ def test_damaged_or_mismatched_model_is_one_error(monkeypatch, tmp_path, label_m
     assert len(detail) == 1 and detail[0].startswith(str(model / "model_info.json") if damage.startswith("trunc")
                                                      else f"{label_map_path}: classes")
     assert not at.sidebar.button, "the page stops before its controls"
+
+
+# --- DICOM and cine loops (issue 13) ----------------------------------------------
+
+
+def dicom_upload(dataset) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def page_text(at: AppTest) -> str:
+    """Everything the page shows as text: markdown, captions, plain text, tables, widget labels."""
+    parts = [all_markdown(at)] + [t.value for t in at.text] + [c.value for c in at.caption]
+    parts += [frame.value.to_csv() for frame in at.dataframe]
+    parts += [s.label for s in at.select_slider] + [s.help or "" for s in at.select_slider]
+    return "\n".join(parts)
+
+
+def test_dicom_upload_shows_sizes_in_mm_from_its_calibrated_region(fake_model):
+    from busdet.dicom_phantoms import phantom_dicom
+    from busdet.phantoms import generate_phantom
+
+    image = generate_phantom(5, "benign", width=320, height=240).image
+    data = dicom_upload(phantom_dicom(image, region=(40, 30, 300, 220), cm_per_pixel=0.01))
+    at = run_app()
+    at.sidebar.file_uploader[0].set_value([("IM000001", data, "application/octet-stream")]).run()
+    press_detect(at)
+    table = at.dataframe[-1].value
+    # CountingDetect answers the middle half of what it is given: the 260 x 190 region.
+    assert table[["label", "xmin", "ymin", "width", "height"]].values.tolist() == [["malignant", 105, 78, 130, 94]]
+    assert table[["width_mm", "height_mm"]].values.tolist() == [[13.0, 9.4]]
+    assert "suspicious for malignancy (0.90); largest lesion 13.0 x 9.4 mm" in all_markdown(at)
+    assert [i.captions for i in at.image] == [["Original"], ["Detections"]]
+    assert not at.select_slider, "a single frame has no frame slider"
+
+
+class LoopDetect:
+    """Stands in for ``detect`` on a loop: benign everywhere, malignant in frame 7."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, detector, image):
+        self.calls += 1
+        height, width = image.shape[:2]
+        label, score = ("malignant", 0.8) if self.calls == 7 else ("benign", 0.75)
+        return [Box(0.25 * width, 0.25 * height, 0.5 * width, 0.5 * height, label, score)]
+
+
+def test_cine_upload_has_a_frame_slider_starting_on_the_most_suspicious_frame(fake_model, monkeypatch):
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from busdet.dicom_phantoms import FAKE_PHI, moving_lesion_frames, phantom_dicom
+
+    loop_detect = LoopDetect()
+    monkeypatch.setattr(inference, "detect", loop_detect)
+    frames, _ = moving_lesion_frames(count=12)
+    data = dicom_upload(phantom_dicom(frames, "YBR_FULL_422", JPEGBaseline8Bit, phi=True))
+    at = run_app()
+    at.sidebar.file_uploader[0].set_value([("loop.dcm", data, "application/dicom")]).run()
+    press_detect(at)
+    slider = at.select_slider[0]
+    assert slider.options == [str(n) for n in range(1, 13)] and slider.value == 7
+    assert "Frame 7 of 12: suspicious for malignancy (0.80)" in [c.value for c in at.caption]
+    assert at.dataframe[-1].value["label"].tolist() == ["malignant"]
+    assert [b.label for b in at.download_button] == ["Annotated PNG", "Boxes CSV", "Boxes JSON", "Annotated MP4"]
+    slider.set_value(3).run()
+    assert "Frame 3 of 12: benign-appearing lesion (0.75)" in [c.value for c in at.caption]
+    assert at.dataframe[-1].value["label"].tolist() == ["benign"]
+    assert "suspicious for malignancy (0.80)" in all_markdown(at), "the file's finding stays the key frame's"
+    assert loop_detect.calls == 12, "moving the slider does not run the model"
+    shown = page_text(at)
+    assert not [value for value in FAKE_PHI.values() if len(value) > 3 and value in shown]

@@ -55,8 +55,10 @@ def test_annotated_png_is_a_full_resolution_png_with_boxes_drawn():
 def test_predictions_csv_has_the_cli_columns_and_integer_geometry():
     frame = pd.read_csv(io.BytesIO(predictions_csv([make_result(boxes=[BENIGN, MALIGNANT])])))
     assert list(frame.columns) == PREDICTION_COLUMNS
-    assert frame.iloc[0].tolist() == ["scan.png", 10, 5, 20, 20, "malignant", 0.9123]
-    assert frame.iloc[1].tolist() == ["scan.png", 2, 2, 6, 7, "benign", 0.6]
+    assert frame.iloc[0].tolist()[:7] == ["scan.png", 10, 5, 20, 20, "malignant", 0.9123]
+    assert frame.iloc[1].tolist()[:7] == ["scan.png", 2, 2, 6, 7, "benign", 0.6]
+    # A single image without calibration: frame and sizes are empty cells.
+    assert predictions_csv([make_result(boxes=[BENIGN])]).decode().splitlines()[1] == "scan.png,2,2,6,7,benign,0.6,,,"
 
 
 def test_predictions_csv_without_boxes_has_the_header_only():
@@ -67,11 +69,13 @@ def test_predictions_csv_without_boxes_has_the_header_only():
 def test_predictions_json_records_finding_threshold_and_boxes():
     records = json.loads(predictions_json([make_result(boxes=[BENIGN, MALIGNANT])]))
     assert records == [{
-        "filename": "scan.png", "width": 60, "height": 40, "score_threshold": 0.5,
+        "filename": "scan.png", "width": 60, "height": 40, "frames": None, "key_frame": None, "score_threshold": 0.5,
         "finding": "suspicious for malignancy", "finding_score": 0.9123, "inference_seconds": 0.25,
         "error": None,
-        "boxes": [{"xmin": 2, "ymin": 2, "width": 6, "height": 7, "label": "benign", "score": 0.6},
-                  {"xmin": 10, "ymin": 5, "width": 20, "height": 20, "label": "malignant", "score": 0.9123}],
+        "boxes": [{"xmin": 2, "ymin": 2, "width": 6, "height": 7, "label": "benign", "score": 0.6,
+                   "frame": None, "width_mm": None, "height_mm": None},
+                  {"xmin": 10, "ymin": 5, "width": 20, "height": 20, "label": "malignant", "score": 0.9123,
+                   "frame": None, "width_mm": None, "height_mm": None}],
     }]
 
 
@@ -108,7 +112,7 @@ def test_finding_line_gives_the_sentence_and_its_score():
 
 def test_boxes_table_lists_label_and_score_first():
     table = boxes_table(make_result(boxes=[BENIGN, MALIGNANT]))
-    assert list(table.columns) == ["label", "score", "xmin", "ymin", "width", "height"]
+    assert list(table.columns) == ["label", "score", "xmin", "ymin", "width", "height", "width_mm", "height_mm"]
     assert table["label"].tolist() == ["malignant", "benign"]
 
 

@@ -17,7 +17,7 @@ from busdet.evaluation.matching import at_threshold, match_all, match_image
 from busdet.evaluation.metrics import roc_auc
 from busdet.evaluation.plots import confusion_counts
 from busdet.images import write_image
-from busdet.tables import PREDICTION_COLUMNS, predictions_frame
+from busdet.tables import PREDICTION_COLUMNS, SEED_PREDICTION_COLUMNS, predictions_frame
 from tools import evaluate as evaluate_cli
 
 AP_KEYS = ["AP50_benign", "AP50_malignant", "mAP50", "AP50_lesion", "mAP50_95"]
@@ -267,6 +267,23 @@ def test_cli_writes_metrics_plots_report_and_gallery(tmp_path, csv_pair, caplog)
     assert not list(output.rglob("*.tmp"))
 
 
+def test_cli_reads_the_seeds_seven_columns_and_todays_ten_alike(tmp_path, csv_pair):
+    """predictions.csv from before issue 13 (seven columns) and after it (frame, width_mm,
+    height_mm appended) give the same metrics."""
+    annotations, predictions = csv_pair
+    today = pd.read_csv(predictions, dtype=str, keep_default_na=False)
+    assert list(today.columns) == PREDICTION_COLUMNS
+    today["width_mm"] = today["width"].where(today["width"] == "", "1.5")  # sizes present in some rows
+    today.to_csv(tmp_path / "today.csv", index=False)
+    today[SEED_PREDICTION_COLUMNS].to_csv(tmp_path / "seed.csv", index=False)
+    for name in ["seed", "today"]:
+        assert run_cli("--annotations", annotations, "--predictions", tmp_path / f"{name}.csv",
+                       "--output", tmp_path / name, "--threshold", "0.5") == 0
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ["seed", "today"]]
+    different = {k for k in metrics[0] if metrics[0][k] != metrics[1][k] and k != "sources"}
+    assert not different and metrics[0]["lesion_recall"] == pytest.approx(3 / 5)
+
+
 def test_cli_refuses_predictions_of_other_images(tmp_path, csv_pair, capsys):
     annotations, _ = csv_pair
     strangers = {f"other_{i}.png": [Box(0, 0, 5, 5, "benign", 0.5)] for i in range(7)}
@@ -322,7 +339,7 @@ def test_cli_refuses_an_empty_predictions_file(tmp_path, csv_pair, capsys):
     assert run_cli("--annotations", annotations, "--predictions", tmp_path / "zero.csv",
                    "--output", tmp_path / "report") == 2
     assert capsys.readouterr().err == (f"error: {tmp_path / 'zero.csv'}: file is empty (expected the header "
-                                       f"{','.join(PREDICTION_COLUMNS)})\n")
+                                       f"{','.join(SEED_PREDICTION_COLUMNS)})\n")
 
 
 def test_cli_refuses_a_bad_annotation_row_too(tmp_path, csv_pair, capsys):

@@ -23,7 +23,7 @@ from busdet.boxes import box_to_pixel_xywh, boxes_to_normalized_yxyx
 from busdet.drawing import CLASS_COLOURS
 from busdet.inference import Detector
 from busdet.phantoms import generate_phantom
-from busdet.tables import IMAGE_COLUMNS, PREDICTION_COLUMNS
+from busdet.tables import IMAGE_COLUMNS, PREDICTION_COLUMNS, SEED_PREDICTION_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {1: "benign", 2: "malignant"}
@@ -113,9 +113,11 @@ def test_csv_rows_are_exact_pixels_above_threshold(tmp_path, monkeypatch):
     assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
     predictions, image_table = read_tables(tmp_path / "out")
     assert list(predictions.columns) == PREDICTION_COLUMNS
-    assert predictions.values.tolist() == [["scan.png", 20, 25, 80, 50, "malignant", 0.9]]
+    assert predictions[SEED_PREDICTION_COLUMNS].values.tolist() == [["scan.png", 20, 25, 80, 50, "malignant", 0.9]]
     assert list(image_table.columns) == IMAGE_COLUMNS
-    assert image_table.values.tolist() == [["scan.png", 200, 100, 1, "malignant", 0.9, "ok", ""]]
+    assert image_table.values.tolist() == [["scan.png", 200, 100, 1, "malignant", 0.9, "ok", "", "", ""]]
+    # A single PNG: no frame, no calibration, so the columns DICOM adds stay empty.
+    assert predictions[["frame", "width_mm", "height_mm"]].isna().all().all()
     annotated = images.read_image(tmp_path / "out" / "scan.png")
     assert annotated.shape == (100, 200, 3)  # original resolution, not the model's
     assert colour_near(annotated[50, 20], CLASS_COLOURS["malignant"], tolerance=10)  # left edge of the box
@@ -140,7 +142,7 @@ def test_phantom_truth_comes_back_as_mask_to_bbox_rows(tmp_path, monkeypatch):
     predictions, image_table = read_tables(tmp_path / "out")
     expected = [[f"{p.label} ({i}).png", *box_to_pixel_xywh(b), b.label, 0.8]
                 for i, p in enumerate(phantoms) for b in p.boxes]
-    assert sorted(predictions.values.tolist()) == sorted(expected)
+    assert sorted(predictions[SEED_PREDICTION_COLUMNS].values.tolist()) == sorted(expected)
     assert image_table["status"].tolist() == ["ok"] * 4
     assert image_table.loc[image_table["filename"] == "normal (2).png", "boxes"].item() == 0
     for index, phantom in enumerate(phantoms):
@@ -154,7 +156,7 @@ def test_image_without_boxes_is_written_and_marked(tmp_path, monkeypatch):
     assert run_cli(monkeypatch, nothing, "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
     predictions, image_table = read_tables(tmp_path / "out")
     assert predictions.empty and list(predictions.columns) == PREDICTION_COLUMNS
-    assert image_table.values.tolist() == [["clear.png", 200, 100, 0, "", "", "ok", ""]]
+    assert image_table.values.tolist() == [["clear.png", 200, 100, 0, "", "", "ok", "", "", ""]]
     written = images.read_image(tmp_path / "out" / "clear.png")
     assert written.shape == (100, 200, 3)
     assert not np.array_equal(written, images.read_image(source))  # the "no lesion" mark
@@ -191,7 +193,7 @@ def test_image_kinds_come_out_right(tmp_path, monkeypatch, name):
     assert run_cli(monkeypatch, detector, "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
     assert detector.calls == [((1, 100, 200, 3), "uint8")]
     predictions, image_table = read_tables(tmp_path / "out")
-    assert predictions.values.tolist() == [[name, 20, 25, 80, 50, "malignant", 0.9]]
+    assert predictions[SEED_PREDICTION_COLUMNS].values.tolist() == [[name, 20, 25, 80, 50, "malignant", 0.9]]
     assert image_table["status"].tolist() == ["ok"]
     written = images.read_image(tmp_path / "out" / name)
     assert written.shape == (100, 200, 3)
@@ -208,7 +210,7 @@ def test_exif_rotated_jpeg_boxes_land_on_displayed_pixels(tmp_path, monkeypatch)
     assert detector.calls == [((1, 200, 100, 3), "uint8")]
     predictions, image_table = read_tables(tmp_path / "out")
     # Normalized [0.25, 0.1, 0.75, 0.5] of the displayed 100 x 200 image.
-    assert predictions.values.tolist() == [["rotated.jpg", 10, 50, 40, 100, "malignant", 0.9]]
+    assert predictions[SEED_PREDICTION_COLUMNS].values.tolist() == [["rotated.jpg", 10, 50, 40, 100, "malignant", 0.9]]
     assert image_table[["width", "height"]].values.tolist() == [[100, 200]]
     written = images.read_image(tmp_path / "out" / "rotated.jpg")
     assert written.shape == (200, 100, 3)
@@ -408,17 +410,22 @@ def test_defaults_are_the_seeds_command_and_help_explains_the_statuses():
 # --- the real model ----------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_real_model_on_phantoms(tmp_path, smoke_model, label_map_path):
+def run_real_model(tmp_path, smoke_model, label_map_path) -> int:
+    """predict.py with the smoke SavedModel on tmp_path/in -> tmp_path/out, every box kept."""
     from busdet.inference import read_model_info
 
-    for seed, label in enumerate(["benign", "malignant", "normal"]):
-        save(tmp_path / "in" / f"{label}.png", generate_phantom(seed, label, width=300 + 100 * seed).image)
     height, width = read_model_info(smoke_model)["input_size"]
     args = predict.get_args_parser().parse_args([
         "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(smoke_model),
         "--label", str(label_map_path), "--width", str(width), "--height", str(height), "--threshold", "0"])
-    assert predict.main(args) == 0
+    return predict.main(args)
+
+
+@pytest.mark.slow
+def test_real_model_on_phantoms(tmp_path, smoke_model, label_map_path):
+    for seed, label in enumerate(["benign", "malignant", "normal"]):
+        save(tmp_path / "in" / f"{label}.png", generate_phantom(seed, label, width=300 + 100 * seed).image)
+    assert run_real_model(tmp_path, smoke_model, label_map_path) == 0
     predictions, image_table = read_tables(tmp_path / "out")
     assert image_table["status"].tolist() == ["ok"] * 3
     assert len(predictions) > 0 and set(predictions["label"]) <= {"benign", "malignant"}
@@ -428,6 +435,28 @@ def test_real_model_on_phantoms(tmp_path, smoke_model, label_map_path):
         assert len(mine) == row.boxes
         assert ((mine["xmin"] >= 0) & (mine["xmin"] + mine["width"] <= row.width)).all()
         assert ((mine["ymin"] >= 0) & (mine["ymin"] + mine["height"] <= row.height)).all()
+
+
+@pytest.mark.slow
+def test_real_model_on_a_calibrated_cine_loop(tmp_path, smoke_model, label_map_path):
+    """The SavedModel on a JPEG loop with a region: rows per frame, inside the region, mm = px x 0.1."""
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from busdet.dicom_phantoms import moving_lesion_frames, phantom_dicom, write_dicom
+
+    frames, _ = moving_lesion_frames(count=6)
+    write_dicom(tmp_path / "in" / "loop.dcm", phantom_dicom(frames, "YBR_FULL_422", JPEGBaseline8Bit,
+                                                            region=(16, 8, 304, 232), cm_per_pixel=0.01))
+    assert run_real_model(tmp_path, smoke_model, label_map_path) == 0
+    predictions, image_table = read_tables(tmp_path / "out")
+    assert image_table[["frames", "status"]].values.tolist() == [[6, "ok"]]
+    assert len(predictions) == image_table["boxes"].item() > 0
+    assert set(predictions["frame"]) <= set(range(1, 7))
+    assert ((predictions["xmin"] >= 16) & (predictions["xmin"] + predictions["width"] <= 304)).all()
+    assert ((predictions["ymin"] >= 8) & (predictions["ymin"] + predictions["height"] <= 232)).all()
+    assert (predictions["width_mm"] == (predictions["width"] * 0.1).round(1)).all()
+    assert (predictions["height_mm"] == (predictions["height"] * 0.1).round(1)).all()
+    assert video_frame_count(tmp_path / "out" / "loop.dcm.mp4") == 6
 
 
 # --- the page and the CLI agree (issue 11) -------------------------------------
@@ -557,14 +586,13 @@ def test_multi_page_tiff_is_named_not_cut_to_its_first_page(tmp_path, monkeypatc
 
 def test_other_files_are_named_with_the_reason(tmp_path, monkeypatch, caplog, capsys):
     save(tmp_path / "in" / "scan.png", gray_ramp())
-    (tmp_path / "in" / "frame.dcm").write_bytes(b"DICM")
+    (tmp_path / "in" / "frame.dcm").write_bytes(b"DICM")  # a DICOM name, not a DICOM file: an error row
     (tmp_path / "in" / "notes.txt").write_text("notes")
-    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
-    assert f"{tmp_path / 'in' / 'frame.dcm'}: passed over: DICOM is not read; export the frames as PNG" \
-        in caplog.messages
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out") == 1
+    assert f"{tmp_path / 'in' / 'frame.dcm'}: not a DICOM file (no DICM preamble)" in caplog.messages
     assert any(m.startswith(f"{tmp_path / 'in' / 'notes.txt'}: passed over: not an image file (png, jpg")
                for m in caplog.messages)
-    assert "2 other files passed over" in capsys.readouterr().err
+    assert "1 other files passed over" in capsys.readouterr().err
 
 
 def test_recursive_follows_linked_folders_and_names_a_loop(tmp_path, monkeypatch, caplog):
@@ -593,3 +621,221 @@ def test_ctrl_c_while_the_model_loads_is_one_line_and_130(tmp_path, monkeypatch,
     assert run_command(predict.main, predict.get_args_parser(), argv) == 130
     assert capsys.readouterr().err == "interrupted\n"
     assert not (tmp_path / "out").exists()
+
+
+# --- DICOM and cine loops (issue 13) ----------------------------------------------
+
+
+def dicom_image(seed=0, width=200, height=150) -> np.ndarray:
+    return generate_phantom(seed, "benign", width=width, height=height).image
+
+
+def truth_answer(boxes_per_call, scores_per_call, labels_per_call=None):
+    """A fake model that answers, call by call, the given pixel boxes (of the image it gets)."""
+    calls = iter(range(len(boxes_per_call)))
+
+    def answer(image):
+        index = next(calls)
+        height, width = image.shape[:2]
+        labels = (labels_per_call or [["malignant"] * len(b) for b in boxes_per_call])[index]
+        return outputs(boxes_to_normalized_yxyx(boxes_per_call[index], width, height),
+                       [CLASS_IDS[label] for label in labels], scores_per_call[index])
+    return answer
+
+
+def write_mixed_dicom_folder(folder: Path):
+    """A PNG, DICOM files of each kind the issue names, a cine loop and two bad DICOM files."""
+    from pydicom.uid import JPEGBaseline8Bit, RLELossless
+
+    from busdet.dicom_phantoms import moving_lesion_frames, phantom_dicom, report_dicom, write_dicom
+
+    save(folder / "a_scan.png", gray_ramp())
+    write_dicom(folder / "b_plain.dcm", phantom_dicom(dicom_image()))
+    write_dicom(folder / "c_jpeg.dcm", phantom_dicom(dicom_image(1), "YBR_FULL_422", JPEGBaseline8Bit))
+    write_dicom(folder / "d_rle.dcm", phantom_dicom(dicom_image(2), "RGB", RLELossless))
+    write_dicom(folder / "e_mono1.dcm", phantom_dicom(dicom_image(3), "MONOCHROME1"))
+    write_dicom(folder / "IM000006", phantom_dicom(dicom_image(4)))  # no extension: found by its preamble
+    frames, _ = moving_lesion_frames(count=12)
+    write_dicom(folder / "g_loop.dcm", phantom_dicom(frames, "YBR_FULL_422", JPEGBaseline8Bit))
+    write_dicom(folder / "h_report.dcm", report_dicom())
+    data = (folder / "b_plain.dcm").read_bytes()
+    (folder / "i_truncated.dcm").write_bytes(data[: len(data) // 2])
+
+
+def video_frame_count(path: Path) -> int:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()
+
+
+def test_a_folder_of_png_and_dicom_gets_copies_loops_and_both_tables(tmp_path, monkeypatch, caplog):
+    write_mixed_dicom_folder(tmp_path / "in")
+    before = folder_hashes(tmp_path / "in")
+    detector = fake_detector()
+    assert run_cli(monkeypatch, detector, "--input", tmp_path / "in", "--output", tmp_path / "out") == 1
+    predictions, image_table = read_tables(tmp_path / "out")
+    rows = image_table.set_index("filename")
+    assert rows["status"].to_dict() == {
+        "IM000006": "ok", "a_scan.png": "ok", "b_plain.dcm": "ok", "c_jpeg.dcm": "ok", "d_rle.dcm": "ok",
+        "e_mono1.dcm": "ok", "g_loop.dcm": "ok", "h_report.dcm": "error", "i_truncated.dcm": "error"}
+    assert rows.loc["h_report.dcm", "error"].startswith("DICOM without pixel data")
+    assert rows.loc["i_truncated.dcm", "error"].startswith("cannot decode the DICOM pixel data")
+    assert any(m.startswith(f"{tmp_path / 'in' / 'i_truncated.dcm'}: cannot decode") for m in caplog.messages)
+    # images.csv is read as text here (empty cells stay ""): one row per file, its frames and key frame
+    assert rows.loc["g_loop.dcm", ["frames", "key_frame", "boxes"]].astype(str).tolist() == ["12", "1", "12"]
+    assert rows.loc["b_plain.dcm", ["frames", "key_frame", "boxes"]].astype(str).tolist() == ["", "", "1"]
+    assert len(detector.calls) == 6 + 12
+    loop = predictions[predictions["filename"] == "g_loop.dcm"]
+    assert loop["frame"].tolist() == list(range(1, 13))
+    assert predictions[predictions["filename"] != "g_loop.dcm"]["frame"].isna().all()
+    for name in ["IM000006", "b_plain.dcm", "c_jpeg.dcm", "d_rle.dcm", "e_mono1.dcm", "g_loop.dcm"]:
+        assert images.read_image(tmp_path / "out" / f"{name}.png").shape == (150, 200, 3) or name == "g_loop.dcm"
+    assert images.read_image(tmp_path / "out" / "g_loop.dcm.png").shape == (240, 320, 3)
+    assert video_frame_count(tmp_path / "out" / "g_loop.dcm.mp4") == 12
+    assert not (tmp_path / "out" / "b_plain.dcm.mp4").exists() and not (tmp_path / "out" / "h_report.dcm.png").exists()
+    assert folder_hashes(tmp_path / "in") == before, "inputs are never modified"
+
+
+def test_region_is_what_the_model_sees_and_boxes_come_back_in_frame_pixels_with_mm(tmp_path, monkeypatch):
+    from busdet.boxes import Box
+    from busdet.dicom_phantoms import phantom_dicom, write_dicom
+
+    image = dicom_image(5, width=320, height=240)
+    write_dicom(tmp_path / "in" / "calibrated.dcm", phantom_dicom(image, region=(40, 30, 300, 220), cm_per_pixel=0.01))
+    write_dicom(tmp_path / "in" / "uncalibrated.dcm", phantom_dicom(image))
+    in_crop = Box(10, 20, 90, 70, "malignant")  # 80 x 50 px of the region
+    detector = fake_detector(truth_answer([[in_crop], [in_crop]], [[0.9], [0.9]]))
+    assert run_cli(monkeypatch, detector, "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
+    assert [shape for shape, _ in detector.calls] == [(1, 190, 260, 3), (1, 240, 320, 3)]
+    predictions = read_tables(tmp_path / "out")[0].set_index("filename")
+    calibrated = predictions.loc["calibrated.dcm"]
+    assert calibrated[["xmin", "ymin", "width", "height"]].tolist() == [50, 50, 80, 50]
+    assert calibrated[["width_mm", "height_mm"]].tolist() == pytest.approx([80 * 0.1, 50 * 0.1])
+    uncalibrated = predictions.loc["uncalibrated.dcm"]
+    assert uncalibrated[["xmin", "ymin", "width", "height"]].tolist() == [10, 20, 80, 50]
+    assert uncalibrated[["width_mm", "height_mm"]].isna().all()
+    text = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
+    assert text[0] == "filename,xmin,ymin,width,height,label,score,frame,width_mm,height_mm"
+    assert "calibrated.dcm,50,50,80,50,malignant,0.9,,8.0,5.0" in text
+    assert "uncalibrated.dcm,10,20,80,50,malignant,0.9,,," in text
+
+
+def loop_answer(truth):
+    """A model that finds the moving lesion in every frame, most sure (malignant) in frame 7."""
+    scores = [[0.6 + 0.04 * min(i, 12 - i)] for i in range(len(truth))]
+    labels = [["malignant" if i == 6 else "benign"] for i in range(len(truth))]
+    return truth_answer([[box] for box in truth], scores, labels)
+
+
+def test_cine_loop_rows_follow_the_moving_lesion_and_name_the_key_frame(tmp_path, monkeypatch):
+    from busdet.dicom_phantoms import moving_lesion_frames, phantom_dicom, write_dicom
+
+    frames, truth = moving_lesion_frames(count=12, step=4)
+    write_dicom(tmp_path / "in" / "loop.dcm", phantom_dicom(frames))
+    assert run_cli(monkeypatch, fake_detector(loop_answer(truth)), "--input", tmp_path / "in",
+                   "--output", tmp_path / "out") == 0
+    predictions, image_table = read_tables(tmp_path / "out")
+    assert predictions["frame"].tolist() == list(range(1, 13))
+    assert predictions["xmin"].tolist() == [int(b.xmin) for b in truth]  # moves 4 px a frame
+    assert image_table[["frames", "key_frame", "boxes", "top_label"]].values.tolist() == [[12, 7, 12, "malignant"]]
+    key_png = images.read_image(tmp_path / "out" / "loop.dcm.png")
+    box = truth[6]
+    assert colour_near(key_png[int(box.ymin + box.ymax) // 2, int(box.xmin)], CLASS_COLOURS["malignant"], 10)
+    assert video_frame_count(tmp_path / "out" / "loop.dcm.mp4") == 12
+
+
+@pytest.mark.parametrize("choice, frames_written, calls", [("key", [7], 12), ("3", [1, 4, 7, 10], 4)])
+def test_frames_option_picks_the_key_frame_or_every_nth(tmp_path, monkeypatch, choice, frames_written, calls):
+    from busdet.dicom_phantoms import moving_lesion_frames, phantom_dicom, write_dicom
+
+    frames, truth = moving_lesion_frames(count=12, step=4)
+    write_dicom(tmp_path / "in" / "loop.dcm", phantom_dicom(frames))
+    run = [truth[i - 1] for i in range(1, 13, 3)] if choice == "3" else truth
+    answer = loop_answer(truth) if choice == "key" else truth_answer([[b] for b in run], [[0.8]] * len(run))
+    detector = fake_detector(answer)
+    assert run_cli(monkeypatch, detector, "--input", tmp_path / "in", "--output", tmp_path / "out",
+                   "--frames", choice) == 0
+    predictions, image_table = read_tables(tmp_path / "out")
+    assert predictions["frame"].tolist() == frames_written and len(detector.calls) == calls
+    assert image_table["frames"].tolist() == [12]
+    assert video_frame_count(tmp_path / "out" / "loop.dcm.mp4") == calls
+
+
+def test_frames_option_refuses_other_values(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        predict.get_args_parser().parse_args(["--frames", "0"])
+    assert exit_.value.code == 2 and "'0' is not all, key or a whole number >= 1" in capsys.readouterr().err
+
+
+def test_recursive_finds_dicom_in_subfolders_and_extension_less_files(tmp_path, monkeypatch):
+    from busdet.dicom_phantoms import phantom_dicom, write_dicom
+
+    write_dicom(tmp_path / "in" / "patient" / "series" / "IM000001", phantom_dicom(dicom_image()))
+    (tmp_path / "in" / "patient" / "notes").write_text("no preamble here")
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out",
+                   "--recursive") == 0
+    assert read_tables(tmp_path / "out")[1]["filename"].tolist() == ["patient/series/IM000001"]
+    assert (tmp_path / "out" / "patient" / "series" / "IM000001.png").is_file()
+
+
+def test_no_header_field_but_geometry_reaches_any_output(tmp_path, monkeypatch, caplog, capsys):
+    """A cine loop and a single frame whose headers are full of fake PHI: no output, log line
+    or terminal line holds any of it."""
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from busdet.dicom_phantoms import FAKE_PHI, moving_lesion_frames, phantom_dicom, report_dicom, write_dicom
+
+    frames, truth = moving_lesion_frames(count=12)
+    write_dicom(tmp_path / "in" / "loop.dcm", phantom_dicom(frames, "YBR_FULL_422", JPEGBaseline8Bit,
+                                                            region=(0, 0, 320, 240), cm_per_pixel=0.01, phi=True))
+    write_dicom(tmp_path / "in" / "single.dcm", phantom_dicom(dicom_image(), phi=True))
+    write_dicom(tmp_path / "in" / "report.dcm", report_dicom(phi=True))
+    data = (tmp_path / "in" / "single.dcm").read_bytes()
+    (tmp_path / "in" / "cut.dcm").write_bytes(data[: len(data) * 3 // 4])
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out") == 1
+    outputs_ = sorted(p for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert {p.name for p in outputs_} == {"loop.dcm.png", "loop.dcm.mp4", "single.dcm.png", "images.csv",
+                                          "predictions.csv"}
+    terminal = capsys.readouterr()
+    texts = [p.read_bytes() for p in outputs_] + [
+        "\n".join(caplog.messages).encode(), terminal.out.encode(), terminal.err.encode()]
+    secrets = [value for value in FAKE_PHI.values() if len(value) > 3] + ["PHI-PRIVATE-TAG"]
+    assert all(secret.encode() in (tmp_path / "in" / "loop.dcm").read_bytes() for secret in secrets)
+    found = [(secret, index) for secret in secrets for index, text in enumerate(texts)
+             if secret.encode() in text or secret.encode("utf-16-le") in text]
+    assert not found
+    # The PNGs carry pixels only: no text chunks of any kind.
+    for png in (tmp_path / "out").glob("*.png"):
+        assert Image.open(png).info.keys() <= {"dpi"} and not Image.open(png).text
+
+
+def test_page_and_cli_write_byte_identical_tables_for_dicom_and_loops(tmp_path, monkeypatch):
+    """The same DICOM files (a loop, a calibrated region, bad ones) give the page's ZIP and
+    predict.py the same images.csv and predictions.csv, byte for byte."""
+    import zipfile
+
+    import streamlit as st
+
+    import app
+    from busdet.dicom_phantoms import phantom_dicom, write_dicom
+    from busdet.downloads import results_zip
+
+    st.cache_data.clear()
+    write_mixed_dicom_folder(tmp_path / "in")
+    write_dicom(tmp_path / "in" / "j_region.dcm",
+                phantom_dicom(dicom_image(6, 320, 240), region=(40, 30, 300, 220), cm_per_pixel=0.01))
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out") == 1
+    detector = fake_detector()
+    uploads = [(p.name, p.read_bytes()) for p in sorted((tmp_path / "in").iterdir())]
+    analysed = [app.analyse(detector, name, data, hashlib.sha256(data).hexdigest(), detector.score_threshold)
+                for name, data in uploads]
+    archive = zipfile.ZipFile(io.BytesIO(results_zip(*zip(*analysed))))
+    for table in ["images.csv", "predictions.csv"]:
+        assert archive.read(table) == (tmp_path / "out" / table).read_bytes(), table
+    assert "annotated/g_loop_annotated.mp4" in archive.namelist()
+    # KNOWN_BOXES on the 260 x 190 region, moved by its corner (40, 30); mm = pixels x 0.1
+    assert "j_region.dcm,66,78,104,94,malignant,0.9,,10.4,9.4" in archive.read("predictions.csv").decode()

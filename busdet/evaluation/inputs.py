@@ -1,8 +1,10 @@
 """Reading the annotation and prediction CSVs, and checking that they belong together.
 
-``predictions.csv`` is ``predict.py``'s table (:data:`busdet.tables.PREDICTION_COLUMNS`):
-``filename,xmin,ymin,width,height,label,score`` with ``width``/``height`` the
-pixel extent, one row per box. An image without any box may have no row at all
+``predictions.csv`` is ``predict.py``'s table: the seed's seven columns
+``filename,xmin,ymin,width,height,label,score`` (:data:`busdet.tables.SEED_PREDICTION_COLUMNS`)
+with ``width``/``height`` the pixel extent, one row per box, in both forms: alone
+(the seed's and older runs' files) or followed by ``frame,width_mm,height_mm``
+(today's, which are not read). An image without any box may have no row at all
 or one row with empty box fields. The annotation CSV (``tools/mask_to_bbox.py``)
 has the same geometry without a score.
 
@@ -22,7 +24,7 @@ import pandas as pd
 
 from busdet.annotations import ANNOTATION_COLUMNS, image_label
 from busdet.boxes import Box, box_from_xywh
-from busdet.tables import PREDICTION_COLUMNS
+from busdet.tables import SEED_PREDICTION_COLUMNS
 
 BOX_FIELDS = ["xmin", "ymin", "width", "height"]
 NAMES_SHOWN = 5  # how many offending names a message lists before "... and N more"
@@ -109,7 +111,7 @@ def read_predictions_csv(path: Path) -> Dict[str, List[Box]]:
       EvaluationInputError: see :func:`read_box_rows`.
     """
     predictions: Dict[str, List[Box]] = {}
-    for filename, _, box in read_box_rows(path, PREDICTION_COLUMNS):
+    for filename, _, box in read_box_rows(path, SEED_PREDICTION_COLUMNS):
         predictions.setdefault(filename, []).extend([box] if box else [])
     return predictions
 

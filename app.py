@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from busdet import inference, scans
-from busdet.about import recorded_test_metrics, training_data_markdown
+from busdet.about import LIMITS_MARKDOWN, MODEL_MARKDOWN, recorded_test_metrics, training_data_markdown
 from busdet.downloads import image_downloads, results_zip
 from busdet.drawing import draw_boxes
 from busdet.images import IMAGE_EXTENSIONS
@@ -28,14 +28,6 @@ LABEL_MAP = Path(os.environ.get("BUSDET_LABEL_MAP", HERE / "label_map.pbtxt"))
 DEMO_DIR = Path(os.environ.get("BUSDET_DEMO_DIR", HERE / "input"))
 NOTICE = ("Research tool, not a medical device: it does not diagnose and does not replace a radiologist. "
           "Images stay in this server's memory: never stored, never logged, no usage statistics sent.")
-MODEL = """**Model.** RetinaNet with a MobileNetV2 backbone (TensorFlow Model Garden), trained in this project
-from random initialisation on the public datasets below."""
-LIMITS = """
-**Limits.** Trained on a few thousand images from few centres and scanners: other machines, presets and
-populations may do worse, unmeasured. A score is the model's confidence, not a probability of cancer.
-The model cannot tell whether an image is an ultrasound at all: any image gets an answer. A clinician must
-read every result; it is a research tool, not a medical device, and does not replace a radiologist.
-"""
 
 
 @st.cache_resource(show_spinner="Loading the detection model...")
@@ -97,9 +89,9 @@ def analyse(detector, name: str, data: bytes, digest: str, score_threshold: floa
 def about_ui(info: dict) -> None:
     """The model, its training data with citations and its test metrics, all from model_info.json."""
     with st.expander("About this tool, its model and its limits"):
-        st.markdown(MODEL)
+        st.markdown(MODEL_MARKDOWN)
         st.markdown(training_data_markdown(info))
-        st.markdown(LIMITS)
+        st.markdown(LIMITS_MARKDOWN)
         metrics = recorded_test_metrics(info)
         st.caption("Test-split metrics (model card):" if metrics is not None else "Test metrics: see MODEL_CARD.md.")
         if metrics is not None:

@@ -13,6 +13,13 @@ from typing import Mapping, Optional
 
 import pandas as pd
 
+MODEL_MARKDOWN = """**Model.** RetinaNet with a MobileNetV2 backbone (TensorFlow Model Garden), trained in this
+project from random initialisation on the public datasets below."""
+LIMITS_MARKDOWN = """**Limits.** Trained on images from the few centres and scanners listed above: other machines,
+presets and populations may do worse, unmeasured. A score is the model's confidence, not a probability of
+cancer. The model cannot tell whether an image is an ultrasound at all: any image gets an answer. A
+clinician must read every result; it is a research tool, not a medical device, and does not replace a
+radiologist."""
 # The model card's headline numbers, in its order.
 HEADLINE_METRICS = ("AP50_lesion", "mAP50", "AP50_benign", "AP50_malignant", "AUC_malignant_image",
                     "lesion_recall", "lesion_precision", "normal_with_box_rate", "images")

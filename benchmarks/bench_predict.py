@@ -125,7 +125,7 @@ def measure(args: argparse.Namespace, images_dir: Path, output_dir: Path) -> dic
         "model": str(args.model), "runtime": detector.runtime, "input_size": list(detector.input_size),
         "images": len(plan.images),
         "median_image_size": [int(np.median([s[0] for s in sizes])), int(np.median([s[1] for s in sizes]))],
-        "repeat": args.repeat, "cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
+        "repeat": args.repeat, "cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
         "model_load_s": round(load_seconds, 2),
         "end_to_end_ms_median": round(float(np.median(total)) * 1000, 1),
         "end_to_end_ms_p90": round(float(np.percentile(total, 90)) * 1000, 1),

@@ -5,6 +5,8 @@
 Uses ``saved_model/``, ``label_map.pbtxt`` and demo PNGs in ``input/`` beside this file, or
 ``BUSDET_MODEL_DIR``, ``BUSDET_LABEL_MAP``, ``BUSDET_DEMO_DIR``. Images stay in memory only.
 Takes images and DICOM files (single frames and cine loops, which get a frame slider).
+``BUSDET_RUNTIME`` picks what runs the model: ``auto`` (default: ONNX Runtime when the
+model's current ``model.onnx`` is there, else TensorFlow), ``onnx`` or ``tensorflow``.
 """
 
 import hashlib
@@ -26,14 +28,15 @@ HERE = Path(__file__).resolve().parent
 MODEL_DIR = Path(os.environ.get("BUSDET_MODEL_DIR", HERE / "saved_model"))
 LABEL_MAP = Path(os.environ.get("BUSDET_LABEL_MAP", HERE / "label_map.pbtxt"))
 DEMO_DIR = Path(os.environ.get("BUSDET_DEMO_DIR", HERE / "input"))
+RUNTIME = os.environ.get("BUSDET_RUNTIME", "auto")
 NOTICE = ("Research tool, not a medical device: it does not diagnose and does not replace a radiologist. "
           "Images stay in this server's memory: never stored, never logged, no usage statistics sent.")
 
 
 @st.cache_resource(show_spinner="Loading the detection model...")
-def load_model(model_dir: str, label_map: str) -> inference.Detector:
+def load_model(model_dir: str, label_map: str, runtime: str) -> inference.Detector:
     """One detector per process, shared by every session."""
-    return inference.load_detector(model_dir, label_map)
+    return inference.load_detector(model_dir, label_map, runtime)
 
 
 @st.cache_data(max_entries=512, show_spinner="Detecting lesions...")
@@ -146,15 +149,17 @@ def main() -> None:
     st.title("Breast ultrasound lesion finder")
     st.caption(NOTICE)
     try:
-        detector = load_model(str(MODEL_DIR), str(LABEL_MAP))
+        detector = load_model(str(MODEL_DIR), str(LABEL_MAP), RUNTIME)
     except inference.ModelLoadError as error:
         st.error(f"No usable model: expected a TensorFlow SavedModel (`saved_model.pb`, `variables/`) in `{MODEL_DIR}` "
-                 f"and its label map `{LABEL_MAP}` (or set `BUSDET_MODEL_DIR`, `BUSDET_LABEL_MAP`).")
+                 f"and its label map `{LABEL_MAP}` (or set `BUSDET_MODEL_DIR`, `BUSDET_LABEL_MAP`; "
+                 f"`BUSDET_RUNTIME` is `{RUNTIME}`).")
         st.text(str(error))
         st.stop()
     about_ui(detector.info)
     inputs = inputs_ui()
     score_threshold = threshold_ui(detector.score_threshold)
+    st.sidebar.caption(f"Model runtime: {inference.describe_runtime(detector)}")
     digests = tuple(hashlib.sha256(data).hexdigest() for _, data in inputs)
     if not detect_ui(digests):
         st.info("Choose images in the sidebar, then press Detect.")

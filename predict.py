@@ -45,14 +45,15 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from busdet import batch  # noqa: E402
 from busdet.cli import run_command  # noqa: E402
-from busdet.inference import DEFAULT_SCORE_THRESHOLD, ModelLoadError, load_detector  # noqa: E402
+from busdet.inference import (DEFAULT_SCORE_THRESHOLD, RUNTIMES, ModelLoadError, describe_runtime,  # noqa: E402
+                              load_detector)
 
 EPILOG = """exit status:
   0    every image was processed
   1    some images could not be read or written (their rows in images.csv say why),
        or a table could not be written
-  2    bad arguments; missing, damaged or mismatched model or label map; unsafe or
-       read-only output folder (nothing was done)
+  2    bad arguments; missing, damaged or mismatched model or label map; --runtime onnx
+       with a missing or stale model.onnx; unsafe or read-only output folder (nothing was done)
   130  interrupted with Ctrl-C (the tables hold the images finished so far)
 
 predictions.csv and images.csv are saved every few seconds during the run, so even a
@@ -108,6 +109,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label", "--label-map", dest="label_map", type=Path, default=Path("label_map.pbtxt"),
                         help="label map naming the classes; must match the classes recorded in the model's "
                              "model_info.json (default: %(default)s)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help="what runs the model: onnx (ONNX Runtime on --model's model.onnx, no TensorFlow), "
+                             "tensorflow (the SavedModel), or auto: onnx when model.onnx is there and was made "
+                             "from this SavedModel, else tensorflow (default: %(default)s)")
     return parser
 
 
@@ -121,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         plan = batch.plan_batch(args.input, args.output, args.recursive, args.overwrite)
         start = time.perf_counter()
-        detector = load_detector(args.model, args.label_map)
+        detector = load_detector(args.model, args.label_map, args.runtime)
         load_seconds = time.perf_counter() - start
     except (batch.BatchSetupError, ModelLoadError) as error:
         return fail(str(error))
@@ -131,6 +136,7 @@ def main(args: argparse.Namespace) -> int:
                     f"exported for {height}x{width} (height x width); run with --height {height} --width {width}")
     threshold = detector.score_threshold if args.score_threshold is None else args.score_threshold
     print(f"{len(plan.images)} images in {args.input}, score threshold {threshold:g}", file=sys.stderr)
+    print(f"runtime: {describe_runtime(detector)}", file=sys.stderr)
     with logging_redirect_tqdm():
         result = batch.run_batch(
             detector, plan, threshold,

@@ -1,11 +1,18 @@
 """The one inference path: the SavedModel contract, used by the page, the CLI and evaluation.
 
-    detector = load_detector("saved_model", "label_map.pbtxt")
+    detector = load_detector("saved_model", "label_map.pbtxt")   # runtime="auto"
     boxes = detect(detector, image)                      # every box the model returns
     shown = above_threshold(boxes, detector.score_threshold)
 
 ``detect`` returns all detections (the model keeps those above its own low
 pre-NMS floor), so a threshold can change without running the model again.
+
+Two runtimes serve the same graph: ONNX Runtime runs ``model.onnx`` (the
+SavedModel converted by tf2onnx, :func:`busdet.training.export.export_onnx`) and
+TensorFlow runs the SavedModel itself. ``runtime="auto"`` takes ONNX Runtime when
+``model.onnx`` is there and ``model_info.json`` says it was made from this very
+SavedModel (a digest of its files), TensorFlow otherwise; ``"onnx"`` refuses a
+missing or stale ONNX file. The ONNX path never imports TensorFlow.
 
 ``model_info.json`` beside the SavedModel (input size, classes, operating point,
 metrics) is read and written only through :func:`read_model_info` and
@@ -14,12 +21,14 @@ metrics) is read and written only through :func:`read_model_info` and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -33,6 +42,10 @@ MODEL_INFO_FILE = "model_info.json"
 # The seed's threshold, used when the model carries no operating point of its own.
 DEFAULT_SCORE_THRESHOLD = 0.7
 DEFAULT_INPUT_SIZE = (640, 640)
+ONNX_FILE = "model.onnx"
+RUNTIMES = ("auto", "onnx", "tensorflow")
+# What the runtimes are called to the user, with the package whose version is shown.
+RUNTIME_NAMES = {"onnx": ("ONNX Runtime", "onnxruntime"), "tensorflow": ("TensorFlow", "tensorflow")}
 
 
 class ModelLoadError(RuntimeError):
@@ -41,9 +54,10 @@ class ModelLoadError(RuntimeError):
 
 @dataclass
 class Detector:
-    """A loaded SavedModel with what is needed to read its outputs.
+    """A loaded model with what is needed to read its outputs.
 
-    ``predict`` maps a uint8 ``[1, H, W, 3]`` tensor to the signature's output dict.
+    ``predict`` maps a numpy uint8 ``[1, H, W, 3]`` array to the signature's output
+    dict (array-likes); ``runtime`` is ``"onnx"`` or ``"tensorflow"``.
     """
 
     predict: Callable
@@ -52,7 +66,8 @@ class Detector:
     score_threshold: float
     model_dir: Path
     info: dict
-    owner: object = None  # the loaded SavedModel, kept alive for ``predict``
+    runtime: str = "tensorflow"
+    owner: object = None  # the loaded SavedModel or InferenceSession, kept alive for ``predict``
 
 
 def read_model_info(model_dir: str | Path) -> dict:
@@ -106,11 +121,73 @@ def _class_list(classes: Dict[int, str]) -> str:
     return "{" + ", ".join(f"{class_id} {name}" for class_id, name in sorted(classes.items())) + "}"
 
 
-def load_detector(model_dir: str | Path, label_map_path: str | Path) -> Detector:
-    """Loads the SavedModel's ``serving_default`` signature and the label map.
+def compute_saved_model_digest(model_dir: str | Path) -> str:
+    """sha256 over the SavedModel's graph and weights (``saved_model.pb``, ``variables/*``:
+    relative names and bytes), as hex: which SavedModel an ONNX file was made from."""
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256()
+    files = [model_dir / "saved_model.pb", *sorted((model_dir / "variables").glob("*"))]
+    for path in files:
+        digest.update(path.relative_to(model_dir).as_posix().encode() + b"\0")
+        digest.update(compute_file_digest(path).encode())
+    return digest.hexdigest()
 
-    Everything that can be checked without TensorFlow (label map, model info, their
-    classes) is checked first, so that a mistake is reported in a second.
+
+def compute_file_digest(path: str | Path) -> str:
+    """sha256 of one file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_onnx_problem(model_dir: Path, info: dict) -> Optional[str]:
+    """Why ``model_dir/model.onnx`` cannot stand for the SavedModel beside it; None when it can.
+
+    The exporter records in ``model_info.json`` (``"onnx"``) the digest of the
+    SavedModel it converted and of the ONNX file it wrote; both must still hold.
+    """
+    path = model_dir / ONNX_FILE
+    if not path.is_file():
+        return f"{path}: no ONNX file"
+    recorded = info.get("onnx")
+    if not isinstance(recorded, dict) or not recorded.get("saved_model_sha256"):
+        return f"{path}: {model_dir / MODEL_INFO_FILE} does not record which SavedModel it was made from"
+    if recorded["saved_model_sha256"] != compute_saved_model_digest(model_dir):
+        return f"{path}: stale, made from another SavedModel than the one beside it (digest differs)"
+    if recorded.get("sha256") != compute_file_digest(path):
+        return f"{path}: not the ONNX file the exporter wrote (digest differs)"
+    return None
+
+
+def choose_runtime(model_dir: Path, info: dict, runtime: str = "auto") -> str:
+    """``"onnx"`` or ``"tensorflow"`` for ``runtime`` in :data:`RUNTIMES`.
+
+    Raises:
+      ModelLoadError: ``runtime="onnx"`` with a missing or stale ONNX file, or an unknown runtime.
+    """
+    if runtime not in RUNTIMES:
+        raise ModelLoadError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    if runtime == "tensorflow":
+        return runtime
+    problem = find_onnx_problem(model_dir, info)
+    if problem is None:
+        return "onnx"
+    if runtime == "onnx":
+        raise ModelLoadError(f"{problem}; refused. Convert the SavedModel again "
+                             f"(tools/export_model.py --onnx-for {model_dir}) or use the TensorFlow runtime")
+    if (model_dir / ONNX_FILE).exists():
+        log.warning("%s; using TensorFlow", problem)
+    return "tensorflow"
+
+
+def load_detector(model_dir: str | Path, label_map_path: str | Path, runtime: str = "auto") -> Detector:
+    """Loads the model (ONNX Runtime or the SavedModel's ``serving_default``) and the label map.
+
+    Everything that can be checked without loading a runtime (label map, model info,
+    their classes, the ONNX file's digests) is checked first, so that a mistake is
+    reported in a second. ``runtime`` is one of :data:`RUNTIMES` (see the module doc).
 
     Raises:
       ModelLoadError: with one line naming the path and what was expected.
@@ -128,16 +205,57 @@ def load_detector(model_dir: str | Path, label_map_path: str | Path) -> Detector
         raise ModelLoadError(str(error)) from None
     info = read_model_info(model_dir)
     check_classes(classes, info, label_map_path, model_dir)
-    import tensorflow as tf  # slow import, only when a model is really loaded
+    runtime = choose_runtime(model_dir, info, runtime)
+    if runtime == "onnx":
+        predict, owner = load_onnx_predict(model_dir / ONNX_FILE)
+    else:
+        predict, owner = load_tensorflow_predict(model_dir)
+    return Detector(predict=predict, classes=classes, input_size=tuple(info.get("input_size", DEFAULT_INPUT_SIZE)),
+                    score_threshold=default_score_threshold(info), model_dir=model_dir, info=info,
+                    runtime=runtime, owner=owner)
+
+
+def load_tensorflow_predict(model_dir: Path) -> Tuple[Callable, object]:
+    """``(predict, owner)`` of the SavedModel's ``serving_default`` (imports TensorFlow)."""
+    import tensorflow as tf  # slow import, only when this runtime is chosen
 
     try:
         loaded = tf.saved_model.load(str(model_dir))
-        predict = loaded.signatures["serving_default"]
+        signature = loaded.signatures["serving_default"]
     except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (IndexError for truncated variables)
         raise ModelLoadError(f"{model_dir}: cannot load the SavedModel's serving_default "
                              f"({type(error).__name__}: {_first_line(error)}); is the folder complete?") from None
-    return Detector(predict=predict, classes=classes, input_size=tuple(info.get("input_size", DEFAULT_INPUT_SIZE)),
-                    score_threshold=default_score_threshold(info), model_dir=model_dir, info=info, owner=loaded)
+    return (lambda batch: signature(inputs=tf.constant(batch, dtype=tf.uint8))), loaded
+
+
+def load_onnx_predict(path: Path) -> Tuple[Callable, object]:
+    """``(predict, session)`` of an ONNX file on ONNX Runtime's CPU provider (no TensorFlow)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ModelLoadError(f"{path}: onnxruntime is not installed (pip install -r requirements.txt), "
+                             "or use the TensorFlow runtime") from None
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: its graph-optimiser notes mean nothing to a user
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ModelLoadError(f"{path}: cannot load the ONNX model ({type(error).__name__}: "
+                             f"{_first_line(error)})") from None
+    names = [output.name for output in session.get_outputs()]
+    input_name = session.get_inputs()[0].name
+    return (lambda batch: dict(zip(names, session.run(names, {input_name: batch})))), session
+
+
+def describe_runtime(detector: Detector) -> str:
+    """What serves the model, for the user: ``"ONNX Runtime 1.32.0 (saved_model/model.onnx)"``."""
+    name, package = RUNTIME_NAMES[detector.runtime]
+    try:
+        version = metadata.version(package)
+    except metadata.PackageNotFoundError:
+        version = "?"
+    served = detector.model_dir / ONNX_FILE if detector.runtime == "onnx" else detector.model_dir
+    return f"{name} {version} ({served})"
 
 
 def _first_line(error: Exception) -> str:
@@ -154,10 +272,8 @@ def detect(detector: Detector, image: np.ndarray) -> List[Box]:
     Returns:
       Boxes in the image's own pixel corners, with label-map names and scores.
     """
-    import tensorflow as tf
-
     height, width = image.shape[:2]
-    outputs = detector.predict(tf.constant(image[np.newaxis], dtype=tf.uint8))
+    outputs = detector.predict(np.ascontiguousarray(image[np.newaxis], dtype=np.uint8))
     count = int(np.asarray(outputs["num_detections"]).reshape(-1)[0])
     boxes = np.asarray(outputs["detection_boxes"])[0, :count]
     classes = np.asarray(outputs["detection_classes"])[0, :count].astype(int)

@@ -69,7 +69,7 @@ def fake_model(monkeypatch, tmp_path, label_map_path) -> CountingDetect:
                                   score_threshold=0.7, model_dir=tmp_path / "fake_model", info={})
     counter = CountingDetect()
     counter.detector = detector
-    monkeypatch.setattr(inference, "load_detector", lambda model_dir, label_map: detector)
+    monkeypatch.setattr(inference, "load_detector", lambda model_dir, label_map, runtime: detector)
     monkeypatch.setattr(inference, "detect", counter)
     monkeypatch.setenv("BUSDET_DEMO_DIR", str(tmp_path / "no_demos"))
     return counter
@@ -341,3 +341,31 @@ def test_cine_upload_has_a_frame_slider_starting_on_the_most_suspicious_frame(fa
     assert loop_detect.calls == 12, "moving the slider does not run the model"
     shown = page_text(at)
     assert not [value for value in FAKE_PHI.values() if len(value) > 3 and value in shown]
+# --- the runtime (issue 12) ---------------------------------------------------------------
+
+
+def test_runtime_comes_from_the_environment_and_is_shown(fake_model, demo_dir, monkeypatch):
+    asked = []
+    monkeypatch.setattr(inference, "load_detector",
+                        lambda model_dir, label_map, runtime: asked.append(runtime) or fake_model.detector)
+    monkeypatch.setenv("BUSDET_RUNTIME", "tensorflow")
+    at = run_app()
+    assert asked == ["tensorflow"]
+    assert f"Model runtime: {inference.describe_runtime(fake_model.detector)}" in [c.value for c in at.sidebar.caption]
+
+
+def test_page_served_by_onnx_runtime_never_imports_tensorflow(tmp_path, demo_dir):
+    """The shipped model on a fresh interpreter: first result after Detect, TensorFlow never loaded."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys; from streamlit.testing.v1 import AppTest; "
+              "at = AppTest.from_file(sys.argv[1], default_timeout=120); at.run(); at.sidebar.button[0].click().run(); "
+              "print('tensorflow' in sys.modules, len(at.image), not at.exception); print(at.sidebar.caption[-1].value)")
+    environment = {**os.environ, "BUSDET_DEMO_DIR": str(demo_dir), "BUSDET_RUNTIME": "onnx"}
+    done = subprocess.run([sys.executable, "-c", script, str(APP)], capture_output=True, text=True, env=environment,
+                          cwd=tmp_path)
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["False", "2", "True"], done.stderr
+    assert lines[1].startswith("Model runtime: ONNX Runtime ") and lines[1].endswith("model.onnx)")

@@ -58,7 +58,7 @@ def fake_detector(answer=None, interrupt_on_call=None, fail_on_call=None) -> Det
         if len(calls) == fail_on_call:
             raise RuntimeError("fake model failure")
         if answer is not None:
-            return answer(tensor.numpy()[0])
+            return answer(tensor[0])
         return outputs(KNOWN_BOXES, KNOWN_CLASSES, KNOWN_SCORES)
 
     detector = Detector(predict=fake_predict, classes=CLASSES, input_size=(640, 640), score_threshold=0.5,
@@ -88,7 +88,7 @@ def png_header_claiming(width: int, height: int) -> bytes:
 
 
 def run_cli(monkeypatch, detector, *argv) -> int:
-    monkeypatch.setattr(predict, "load_detector", lambda model, label_map: detector)
+    monkeypatch.setattr(predict, "load_detector", lambda model, label_map, runtime: detector)
     return predict.main(predict.get_args_parser().parse_args(list(map(str, argv))))
 
 
@@ -613,7 +613,7 @@ def test_ctrl_c_while_the_model_loads_is_one_line_and_130(tmp_path, monkeypatch,
 
     save(tmp_path / "in" / "scan.png", gray_ramp())
 
-    def interrupted_load(model, label_map):
+    def interrupted_load(model, label_map, runtime):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(predict, "load_detector", interrupted_load)

@@ -1,12 +1,16 @@
 #!/usr/bin/env python
-"""Export a training run's checkpoint as the product's SavedModel.
+"""Export a training run's checkpoint as the product's SavedModel, with its ONNX copy.
 
     python tools/export_model.py --model-dir runs/stage2_640 --output saved_model [--score-threshold 0.4]
+    python tools/export_model.py --onnx-for saved_model     # only (re)write saved_model/model.onnx
 
 Uses the run's own params.yaml (written by tools/train.py), Model Garden's
 exporter, and writes saved_model/model_info.json (input size, label map,
-operating threshold). The previous export is replaced only when the new one is
-complete. Exit status: 0 exported, 2 bad arguments or no checkpoint, 130 interrupted.
+operating threshold) and saved_model/model.onnx (tf2onnx; model_info.json records
+the SavedModel it was made from). The previous export is replaced only when the
+new one is complete. --onnx-for converts an existing SavedModel and keeps its
+weights and model_info.json. Exit status: 0 exported, 2 bad arguments or no
+checkpoint or SavedModel, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from busdet.inference import DEFAULT_SCORE_THRESHOLD  # noqa: E402
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", required=True, type=Path, help="training run folder (has params.yaml)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-dir", type=Path, help="training run folder (has params.yaml)")
+    source.add_argument("--onnx-for", type=Path, metavar="SAVED_MODEL",
+                        help="only convert this exported SavedModel to SAVED_MODEL/model.onnx")
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint file or folder (default: the run's best/ if present, else latest)")
     parser.add_argument("--output", type=Path, default=ROOT / "saved_model", help="SavedModel folder to write")
@@ -39,6 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.onnx_for:
+        return convert_only(args.onnx_for)
     from official.modeling import hyperparams
 
     from busdet.label_map import load_label_map
@@ -59,6 +68,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"exported {checkpoint} -> {output}")
+    return 0
+
+
+def convert_only(model_dir: Path) -> int:
+    if not (model_dir / "saved_model.pb").is_file():
+        print(f"error: {model_dir}: no SavedModel here (expected {model_dir / 'saved_model.pb'})", file=sys.stderr)
+        return 2
+    from busdet.training.export import export_onnx
+
+    print(f"converted {model_dir} -> {export_onnx(model_dir)}")
     return 0
 
 

@@ -8,12 +8,19 @@ and returns ``detection_boxes`` (normalized ``[ymin, xmin, ymax, xmax]`` of the
 input image), ``detection_scores``, ``detection_classes`` (label-map ids) and
 ``num_detections``. ``model_info.json`` beside it (:func:`busdet.inference.write_model_info`)
 records the input size, the label map and the operating threshold.
+
+:func:`export_onnx` converts the SavedModel, the whole ``serving_default`` graph
+(resize-with-pad and NMS included), into ``model.onnx`` beside it with tf2onnx,
+and records in ``model_info.json`` the digests that let
+:func:`busdet.inference.load_detector` refuse a stale ONNX file.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
@@ -23,8 +30,13 @@ from official.modeling import hyperparams
 from official.vision.serving import export_saved_model_lib
 
 from busdet.datasets import citation_line
-from busdet.inference import write_model_info
+from busdet.files import atomic_write
+from busdet.inference import (ONNX_FILE, compute_file_digest, compute_saved_model_digest, read_model_info,
+                              write_model_info)
 from busdet.training.experiment import EXPERIMENT_NAME
+
+log = logging.getLogger(__name__)
+ONNX_OPSET = 17
 
 
 def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: Path,
@@ -64,6 +76,7 @@ def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: 
                                for name in params.task.dataset_names]}
         info.update(extra_info or {})
         write_model_info(staging, info)
+        export_onnx(staging)
         if output_dir.exists():
             backup = output_dir.with_name(f".{output_dir.name}.old")
             shutil.rmtree(backup, ignore_errors=True)
@@ -75,3 +88,30 @@ def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir
+
+
+def export_onnx(model_dir: Path, opset: int = ONNX_OPSET) -> Path:
+    """Converts ``model_dir``'s ``serving_default`` to ``model_dir/model.onnx`` with tf2onnx.
+
+    The ONNX graph has the signature's input (``inputs``, uint8 ``[1, H, W, 3]``) and
+    output names. ``model_info.json`` gains ``"onnx"``: the SavedModel's digest, the
+    ONNX file's, the opset and the converter. The SavedModel itself is not changed.
+    Returns the ONNX file's path.
+    """
+    import tf2onnx  # imports TensorFlow's graph tools: only when converting
+
+    model_dir = Path(model_dir)
+    loaded = tf.saved_model.load(str(model_dir))  # kept in a name: the signature needs its variables alive
+    signature = loaded.signatures["serving_default"]
+    serve = tf.function(lambda inputs: signature(inputs=inputs))
+    spec = [tf.TensorSpec([1, None, None, 3], tf.uint8, name="inputs")]
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset)
+    path = model_dir / ONNX_FILE
+    with atomic_write(path) as stream:
+        stream.write(proto.SerializeToString())
+    info = read_model_info(model_dir)
+    info["onnx"] = {"saved_model_sha256": compute_saved_model_digest(model_dir), "sha256": compute_file_digest(path),
+                    "opset": opset, "converter": f"tf2onnx {metadata.version('tf2onnx')}"}
+    write_model_info(model_dir, info)
+    log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    return path

@@ -172,11 +172,12 @@ def _annotate_all(load, plan: batch.BatchPlan, score_threshold: float) -> Iterat
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the caller's progress bar counts images
     context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes would break the progress line
     rows = [{"index": index, "filename": plan.images[index].as_posix()} for index in todo]
     actors = max(1, min(len(todo), int(ray.cluster_resources().get("CPU", 1) // CPUS_PER_ACTOR)))
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // ROWS_PER_BLOCK)))
     annotated = dataset.map_batches(
-        Annotator, batch_size=1, num_cpus=CPUS_PER_ACTOR, concurrency=actors,
+        Annotator, batch_size=1, num_cpus=CPUS_PER_ACTOR, compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"load": load, "input_dir": plan.input_dir, "output_dir": plan.output_dir,
                                "overwrite": plan.overwrite, "score_threshold": score_threshold})
     for row in annotated.iter_rows():

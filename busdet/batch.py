@@ -301,7 +301,7 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
 
 
 def result_so_far(plan: BatchPlan, done: Dict[int, ImageResult], start: float,
-                   interrupted: bool = False) -> BatchResult:
+                  interrupted: bool = False) -> BatchResult:
     return BatchResult(plan, [done[i] for i in sorted(done)], time.perf_counter() - start, interrupted)
 
 

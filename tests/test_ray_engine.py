@@ -170,3 +170,26 @@ def test_local_engine_never_imports_ray(tmp_path):
     done = run_script(tmp_path)
     assert done.stdout.strip() == "ray not imported 0", done.stderr
     assert "ray" not in predict.get_args_parser().parse_args([]).engine
+
+
+@pytest.mark.slow
+def test_actors_that_cannot_load_the_model_stop_the_run_with_one_line(tmp_path, monkeypatch, capsys, ray_instance):
+    """The model folder missing on the worker nodes: exit 1, one line, the tables written."""
+    from busdet.inference import ModelLoadError
+
+    driver = os.getpid()
+
+    def load_here_only(model, label_map):
+        if os.getpid() != driver:
+            raise ModelLoadError(f"{model}: no SavedModel here (expected {model}/saved_model.pb)")
+        return fake_detector()
+
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    monkeypatch.setattr(predict, "load_detector", load_here_only)
+    args = predict.get_args_parser().parse_args(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                                                 "--engine", "ray"])
+    assert predict.main(args) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: the Ray run stopped (")
+    assert errors[0].endswith("0 images are in the tables, --resume continues")
+    assert read_tables(tmp_path / "out")[1].empty

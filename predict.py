@@ -135,8 +135,8 @@ def main(args: argparse.Namespace) -> int:
             from busdet import ray_engine  # only this engine imports Ray
 
             try:
-                result = ray_engine.run_batch(functools.partial(load_detector, args.model, args.label_map), plan,
-                                              threshold, args.ray_address, progress)
+                load = functools.partial(load_detector, args.model.resolve(), args.label_map.resolve())
+                result = ray_engine.run_batch(load, plan, threshold, args.ray_address, progress)
             except ray_engine.RayEngineError as error:
                 print(f"error: {error}", file=sys.stderr)
                 return error.status

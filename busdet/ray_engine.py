@@ -178,7 +178,9 @@ def _annotate_all(load, plan: batch.BatchPlan, score_threshold: float) -> Iterat
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // ROWS_PER_BLOCK)))
     annotated = dataset.map_batches(
         Annotator, batch_size=1, num_cpus=CPUS_PER_ACTOR, compute=ray.data.ActorPoolStrategy(size=actors),
-        fn_constructor_kwargs={"load": load, "input_dir": plan.input_dir, "output_dir": plan.output_dir,
+        # Absolute paths: a worker on another node does not start in this process's folder.
+        fn_constructor_kwargs={"load": load, "input_dir": plan.input_dir.resolve(),
+                               "output_dir": plan.output_dir.resolve(),
                                "overwrite": plan.overwrite, "score_threshold": score_threshold})
     for row in annotated.iter_rows():
         yield int(row["index"]), pickle.loads(row["record"])

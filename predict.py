@@ -3,6 +3,8 @@
 
     python predict.py                                   # input/ -> output/
     python predict.py --input scans --output results --recursive
+    python predict.py --input scans --output results --resume        # continue a stopped run
+    python predict.py --engine ray --ray-address auto                 # on a Ray cluster (docs/scaling.md)
 
 For each image (png, jpg, jpeg, bmp, tif, tiff) the output folder gets a copy
 under the same name, at the image's own size, with every box at or above the
@@ -30,6 +32,7 @@ unless --overwrite is given.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -57,7 +60,9 @@ EPILOG = """exit status:
   130  interrupted with Ctrl-C (the tables hold the images finished so far)
 
 predictions.csv and images.csv are saved every few seconds during the run, so even a
-killed run leaves the rows of the images it finished.
+killed run leaves the rows of the images it finished; --resume continues such a run.
+With --engine ray, exit status 1 also means the Ray run stopped (a node lost), and 2
+that the cluster could not be joined.
 """
 
 
@@ -113,6 +118,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="what runs the model: onnx (ONNX Runtime on --model's model.onnx, no TensorFlow), "
                              "tensorflow (the SavedModel), or auto: onnx when model.onnx is there and was made "
                              "from this SavedModel, else tensorflow (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an earlier run into the same --output: images with an ok row in its "
+                             "tables are kept, the others (error rows too) are done again")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="local: this process (default); ray: a pool of model actors on Ray, the same "
+                             "outputs (paths must be the same on every node; see docs/scaling.md)")
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="with --engine ray: 'auto' or ray://HOST:PORT joins a running cluster "
+                             "(default: start a local Ray instance, no dashboard, no usage statistics)")
     return parser
 
 
@@ -123,8 +137,12 @@ def fail(message: str) -> int:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.resume and args.overwrite:
+        return fail("--resume keeps an earlier run's rows, --overwrite replaces them: give one")
+    if args.ray_address is not None and args.engine != "ray":
+        return fail("--ray-address needs --engine ray")
     try:
-        plan = batch.plan_batch(args.input, args.output, args.recursive, args.overwrite)
+        plan = batch.plan_batch(args.input, args.output, args.recursive, args.overwrite, args.resume)
         start = time.perf_counter()
         detector = load_detector(args.model, args.label_map, args.runtime)
         load_seconds = time.perf_counter() - start
@@ -137,10 +155,19 @@ def main(args: argparse.Namespace) -> int:
     threshold = detector.score_threshold if args.score_threshold is None else args.score_threshold
     print(f"{len(plan.images)} images in {args.input}, score threshold {threshold:g}", file=sys.stderr)
     print(f"runtime: {describe_runtime(detector)}", file=sys.stderr)
+    progress = functools.partial(tqdm, desc="predict", unit="img", file=sys.stderr)
     with logging_redirect_tqdm():
-        result = batch.run_batch(
-            detector, plan, threshold,
-            progress=lambda items: tqdm(items, desc="predict", unit="img", file=sys.stderr), frames=args.frames)
+        if args.engine == "ray":
+            from busdet import ray_engine  # only this engine imports Ray
+
+            try:
+                load = functools.partial(load_detector, args.model.resolve(), args.label_map.resolve(), args.runtime)
+                result = ray_engine.run_batch(load, plan, threshold, args.ray_address, progress, frames=args.frames)
+            except ray_engine.RayEngineError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return error.status
+        else:
+            result = batch.run_batch(detector, plan, threshold, progress=progress, frames=args.frames)
     print(batch.format_summary(result, load_seconds), file=sys.stderr)
     if result.interrupted:
         return 130

@@ -28,7 +28,7 @@ import os
 import statistics
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -38,7 +38,7 @@ from busdet.images import IMAGE_EXTENSIONS, Scan, is_image_file, write_image, wr
 from busdet.inference import Detector
 from busdet.results import FrameChoice, ImageResult, analyse_image
 from busdet.scans import is_input_file, read_scan
-from busdet.tables import images_table, predictions_table
+from busdet.tables import images_table, predictions_table, read_results
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ class BatchSetupError(ValueError):
 class BatchPlan:
     """What a run will read and write, all decided before any work.
 
-    ``images`` and ``skipped`` are paths relative to ``input_dir``.
+    ``images`` and ``skipped`` are paths relative to ``input_dir``. ``done`` holds the
+    records an earlier run finished (``--resume``), by index in ``images``.
     """
 
     input_dir: Path
@@ -70,6 +71,12 @@ class BatchPlan:
     skipped: List[Path]
     overwrite: bool = False
     unsearched_folders: int = 0
+    done: Dict[int, ImageResult] = field(default_factory=dict)
+
+    @property
+    def todo(self) -> List[int]:
+        """Indices in ``images`` of the images still to do, in input order."""
+        return [index for index in range(len(self.images)) if index not in self.done]
 
     def output_path(self, relative: Path) -> Path:
         """The annotated copy: the same relative name, with ``.png`` added to a DICOM file's."""
@@ -169,12 +176,16 @@ def first_existing_output(plan: BatchPlan) -> Optional[Path]:
     return next((path for path in candidates if path.exists()), None)
 
 
-def plan_batch(input_dir: Path, output_dir: Path, recursive: bool = False, overwrite: bool = False) -> BatchPlan:
+def plan_batch(input_dir: Path, output_dir: Path, recursive: bool = False, overwrite: bool = False,
+               resume: bool = False) -> BatchPlan:
     """Lists the inputs and checks that the outputs are safe to write.
+
+    ``resume``: continue an earlier run into the same output folder: the images it
+    finished (see :func:`finished_earlier`) are not done again, the others' outputs are replaced.
 
     Raises:
       BatchSetupError: the input is not a folder, the output is inside it or cannot
-        be written, or an output file exists and ``overwrite`` is False.
+        be written, or an output file exists and neither ``overwrite`` nor ``resume`` is set.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
@@ -182,6 +193,8 @@ def plan_batch(input_dir: Path, output_dir: Path, recursive: bool = False, overw
     check_output_location(input_dir, output_dir)
     images, others, folders = list_inputs(input_dir, recursive)
     plan = BatchPlan(input_dir, output_dir, images, others, overwrite, folders)
+    if resume:
+        return replace(plan, overwrite=True, done=finished_earlier(plan))
     existing = None if overwrite else first_existing_output(plan)
     if existing is not None:
         raise BatchSetupError(f"{existing}: exists; use --overwrite to replace the outputs, "
@@ -189,11 +202,43 @@ def plan_batch(input_dir: Path, output_dir: Path, recursive: bool = False, overw
     return plan
 
 
-def _draw_and_write(scan: Scan, result: ImageResult, plan: BatchPlan, relative: Path) -> None:
+def draw_and_write(scan: Scan, result: ImageResult, plan: BatchPlan, relative: Path) -> None:
     """The annotated copy (a loop's key frame), and a loop's annotated MP4."""
     write_image(plan.output_path(relative), annotated_image(result, scan), overwrite=plan.overwrite)
     if result.frames:
         write_video(plan.video_path(relative), annotated_frames(result, scan), overwrite=plan.overwrite)
+
+
+def finished_earlier(plan: BatchPlan) -> Dict[int, ImageResult]:
+    """The records, by index in ``plan.images``, of the images whose rows are in the output
+    folder's tables already, with status ok and their annotated copy present.
+
+    Error rows are done again (a file fixed or a disk emptied since deserves another try).
+
+    Raises:
+      BatchSetupError: the tables exist but cannot be read back.
+    """
+    predictions_path, images_path = plan.tables
+    if not images_path.exists():
+        return {}
+    try:
+        earlier = read_results(predictions_path, images_path)
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise BatchSetupError(f"{images_path}: cannot resume from it ({error}); "
+                              "use --overwrite to start again") from None
+    index = {relative.as_posix(): i for i, relative in enumerate(plan.images)}
+    # DICOM files are done again: their rows (frames, sizes in mm) are not read back into records.
+    return {index[r.filename]: r for r in earlier
+            if r.ok and r.filename in index and is_image_file(Path(r.filename))
+            and plan.output_path(Path(r.filename)).is_file()}
+
+
+def write_failed(result: ImageResult, error: BaseException) -> ImageResult:
+    """``result`` marked failed because its annotated copy could not be written."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return result.failed(f"cannot write the annotated copy ({reason})")
+
+
 
 
 def _logged(result: ImageResult, path: Path) -> ImageResult:
@@ -210,9 +255,7 @@ def _collect_write(result: ImageResult, write: Future, plan: BatchPlan) -> Optio
     error = write.exception()
     if error is None:
         return result
-    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-    return _logged(result.failed(f"cannot write the annotated copy ({reason})"),
-                   plan.output_path(Path(result.filename)))
+    return _logged(write_failed(result, error), plan.output_path(Path(result.filename)))
 
 
 def _identity(items):
@@ -224,12 +267,13 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
               frames: FrameChoice = "all") -> BatchResult:
     """Annotates every image of ``plan`` and writes the two tables, even on Ctrl-C.
 
-    Every record comes from :func:`busdet.results.analyse_image`, as on the page.
+    Every record comes from :func:`busdet.results.analyse_image`, as on the page. The
+    images of ``plan.done`` (``--resume``) are not done again; their records are kept.
 
     Args:
       detector: a loaded (or, in tests, fake) :class:`busdet.inference.Detector`.
       score_threshold: boxes below it are neither drawn nor written.
-      progress: wraps the image list, e.g. ``lambda items: tqdm(items, unit="img")``.
+      progress: wraps the list of images to do, e.g. ``lambda items: tqdm(items, unit="img")``.
       workers: threads that read and write while the model runs.
       frames: which frames of a cine loop run and are written (``--frames``: "all", "key" or every Nth).
     Returns:
@@ -240,25 +284,27 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
         log.warning("%s: passed over: %s", plan.input_dir / relative, skip_reason(plan.input_dir / relative))
     start = last_save = time.perf_counter()
     saved = False  # tables written by this run already (so they may be replaced)
-    done: Dict[int, ImageResult] = {}
+    done: Dict[int, ImageResult] = dict(plan.done)
+    todo = plan.todo
     writes: Dict[int, Tuple[ImageResult, Future]] = {}
     interrupted = False
     reads: Dict[int, Future] = {}
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="busdet-io")
     try:
-        for index, relative in enumerate(progress(plan.images)):
-            for ahead in range(index, min(index + READ_AHEAD + 1, len(plan.images))):
+        for position, index in enumerate(progress(todo)):
+            for ahead in todo[position:position + READ_AHEAD + 1]:
                 if ahead not in reads:
                     reads[ahead] = pool.submit(read_scan, plan.input_dir / plan.images[ahead])
+            relative = plan.images[index]
             result, scan = analyse_image(detector, relative.as_posix(), reads.pop(index).result, score_threshold,
                                          frames)
             if scan is None:
                 done[index] = _logged(result, plan.input_dir / relative)
             else:
-                writes[index] = (result, pool.submit(_draw_and_write, scan, result, plan, relative))
+                writes[index] = (result, pool.submit(draw_and_write, scan, result, plan, relative))
             _finish_writes(writes, done, plan, keep_pending=MAX_PENDING_WRITES)
             if time.perf_counter() - last_save >= TABLE_SAVE_SECONDS:
-                write_tables(_result_so_far(plan, done, start), replace=saved)
+                write_tables(result_so_far(plan, done, start), replace=saved)
                 saved, last_save = True, time.perf_counter()
     except KeyboardInterrupt:
         interrupted = True
@@ -269,13 +315,13 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
             read.cancel()
         pool.shutdown(wait=True)
         _finish_writes(writes, done, plan, keep_pending=0)
-        result = _result_so_far(plan, done, start, interrupted)
+        result = result_so_far(plan, done, start, interrupted)
         write_tables(result, replace=saved)
     return result
 
 
-def _result_so_far(plan: BatchPlan, done: Dict[int, ImageResult], start: float,
-                   interrupted: bool = False) -> BatchResult:
+def result_so_far(plan: BatchPlan, done: Dict[int, ImageResult], start: float,
+                  interrupted: bool = False) -> BatchResult:
     return BatchResult(plan, [done[i] for i in sorted(done)], time.perf_counter() - start, interrupted)
 
 
@@ -311,18 +357,21 @@ def format_summary(result: BatchResult, load_seconds: float) -> str:
     plan, count = result.plan, len(result.results)
     latencies = [r.seconds for r in result.results if r.seconds is not None]
     median = f"{statistics.median(latencies) * 1000:.0f} ms" if latencies else "-"
-    rate = count / result.elapsed if result.elapsed > 0 else 0.0
+    new = count - len(plan.done)
+    rate = new / result.elapsed if result.elapsed > 0 else 0.0
     lines = [
         f"model loaded in {load_seconds:.1f} s",
         f"{count} images processed, {len(result.failures)} failed, "
         f"{len(plan.skipped)} other files passed over (named above)",
-        f"median inference {median}/image; {rate:.1f} images/s overall ({count} in {result.elapsed:.1f} s)",
+        f"median inference {median}/image; {rate:.1f} images/s overall ({new} in {result.elapsed:.1f} s)",
         f"{result.box_count} boxes -> {plan.tables[0]}; one row per image -> {plan.tables[1]}",
     ]
     loops = [r for r in result.results if r.frames]
     if loops:
         lines.append(f"{len(loops)} cine loop(s): {sum(len(r.frames) for r in loops)} frames run "
                      f"({sum(r.seconds or 0.0 for r in loops):.1f} s of inference)")
+    if plan.done:
+        lines.append(f"{len(plan.done)} of them kept from the earlier run's tables (--resume)")
     if plan.unsearched_folders:
         lines.append(f"{plan.unsearched_folders} sub-folders not searched (use --recursive)")
     if result.interrupted:

@@ -5,6 +5,7 @@
     images_table(results)          # one row per file: size, boxes, top label and score, status, error,
                                    # frames and key frame (loops)
     images_csv(results)            # the bytes predict.py writes and the page offers: identical
+    read_results(predictions_path, images_path)   # the records back from the two files (--resume)
 
 Both the batch writer and the page's downloads turn the tables into bytes with
 :func:`busdet.files.csv_bytes`, so the same files give the same ``images.csv``.
@@ -19,11 +20,12 @@ multi-frame file, empty otherwise) and ``width_mm,height_mm`` (empty without cal
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import List, Optional, Sequence
 
 import pandas as pd
 
-from busdet.boxes import Box, box_to_pixel_xywh
+from busdet.boxes import Box, box_from_xywh, box_to_pixel_xywh
 from busdet.files import csv_bytes
 from busdet.results import ImageResult, image_finding, top_box
 
@@ -98,3 +100,43 @@ def predictions_csv(results: Sequence[ImageResult]) -> bytes:
 def images_csv(results: Sequence[ImageResult]) -> bytes:
     """``images.csv`` bytes (:func:`busdet.files.csv_bytes` of :func:`images_table`)."""
     return csv_bytes(images_table(results))
+
+
+def read_results(predictions_path: Path, images_path: Path) -> List[ImageResult]:
+    """The records behind a ``predictions.csv`` and ``images.csv`` written by this module.
+
+    The inverse of :func:`predictions_table` and :func:`images_table`: the two tables of
+    the records returned are the rows read, byte for byte. Each record holds its shown
+    boxes only (pixel geometry, scores rounded as written), at threshold 0. A record
+    whose ``boxes`` count differs from its rows in ``predictions.csv`` (a run killed
+    between the two writes) is marked failed, so that it is done again.
+
+    Raises:
+      OSError: a file cannot be read.
+      ValueError: a file is not such a table (columns or cells), with the reason.
+    """
+    images = _read_table(images_path, IMAGE_COLUMNS)
+    predictions = _read_table(predictions_path, PREDICTION_COLUMNS) if Path(predictions_path).exists() \
+        else pd.DataFrame(columns=PREDICTION_COLUMNS)
+    boxes = {name: tuple(box_from_xywh(*map(int, (r.xmin, r.ymin, r.width, r.height)), r.label, float(r.score))
+                         for r in rows.itertuples())
+             for name, rows in predictions.groupby("filename", sort=False)}
+    return [_result_from_row(row, boxes.get(row.filename, ())) for row in images.itertuples()]
+
+
+def _read_table(path: Path, columns: List[str]) -> pd.DataFrame:
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if list(table.columns) != columns:
+        raise ValueError(f"columns {list(table.columns)}, expected {columns}")
+    return table
+
+
+def _result_from_row(row, boxes) -> ImageResult:
+    """One ``images.csv`` row (all cells text) and its boxes -> the record that wrote them."""
+    width, height = (int(row.width) if row.width else None), (int(row.height) if row.height else None)
+    if row.status != "ok":
+        return ImageResult(row.filename, width, height, error=row.error or "failed")
+    result = ImageResult(row.filename, width, height, boxes, score_threshold=0.0)
+    if len(boxes) != int(row.boxes):
+        return result.failed("its rows in predictions.csv are incomplete")
+    return result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -839,3 +840,21 @@ def test_page_and_cli_write_byte_identical_tables_for_dicom_and_loops(tmp_path, 
     assert "annotated/g_loop_annotated.mp4" in archive.namelist()
     # KNOWN_BOXES on the 260 x 190 region, moved by its corner (40, 30); mm = pixels x 0.1
     assert "j_region.dcm,66,78,104,94,malignant,0.9,,10.4,9.4" in archive.read("predictions.csv").decode()
+def test_no_ray_cluster_to_join_is_one_line_and_exit_2(tmp_path):
+    """--engine ray --ray-address auto with no Ray instance on this machine (run as a user runs it)."""
+    import subprocess
+    import sys
+
+    from ray._private.services import find_gcs_addresses
+
+    if find_gcs_addresses():
+        pytest.skip("a Ray instance runs on this machine: 'auto' would join it")
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    code = ("import sys, predict, test_predict; predict.load_detector = lambda *a: test_predict.fake_detector(); "
+            "sys.exit(predict.main(predict.get_args_parser().parse_args(sys.argv[1:])))")
+    done = subprocess.run([sys.executable, "-c", code, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                           "--engine", "ray", "--ray-address", "auto"], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "RAY_ADDRESS": ""})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("error: --ray-address auto: cannot join the Ray cluster (")
+    assert "Traceback" not in done.stderr and not (tmp_path / "out" / "images.csv").exists()

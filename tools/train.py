@@ -11,6 +11,8 @@ its split is data/NAME_split.csv, made (stratified by class, grouped by patient 
 the folder has BUS-BRA's bus_data.csv) and written there the first time.
 How often each dataset and class is drawn is set in the config (task.train_data.sampling).
 Run the same command again to resume from the latest checkpoint in --model-dir.
+With --config configs/multi_worker.yaml (runtime.distribution_strategy: multi_worker_mirrored)
+it trains on the workers named in TF_CONFIG (docs/scaling.md); otherwise on this machine.
 TensorBoard logs go to --model-dir; the resolved config to --model-dir/params.yaml.
 Exit status: 0 done (or stopped early), 1 training failed, 2 bad arguments or data,
 130 interrupted (the latest checkpoint stays; the same command resumes).
@@ -56,6 +58,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_strategy(runtime):
+    """Model Garden's strategy for ``runtime.distribution_strategy: multi_worker_mirrored`` (workers
+    from TF_CONFIG); else TensorFlow's default strategy, this machine's devices as always."""
+    import tensorflow as tf
+
+    if runtime.distribution_strategy != "multi_worker_mirrored":
+        return tf.distribute.get_strategy()
+    from official.common import distribute_utils
+
+    return distribute_utils.get_distribution_strategy(distribution_strategy="multi_worker_mirrored",
+                                                      all_reduce_alg=runtime.all_reduce_alg)
+
+
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -74,7 +89,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logging.info("examples per split: %s", counts)
-    logs = run.train(params, args.model_dir)
+    with build_strategy(params.runtime).scope():  # run.train trains under the strategy in scope
+        logs = run.train(params, args.model_dir)
     logging.info("final evaluation: %s", {k: float(v) for k, v in (logs or {}).items()
                                               if k.startswith(("AP", "AUC", "target"))})
     return 0

@@ -116,7 +116,7 @@ def measure_model(detector: Detector, datasets: Sequence[DatasetSpec], report_di
     per_split = {name: {dataset: parts[dataset][name] for dataset in parts} for name in SPLITS}
     if len(datasets) > 1:
         for name in SPLITS:
-            per_split[name][POOLED] = pool({d: p for d, p in per_split[name].items()})
+            per_split[name][POOLED] = pool(per_split[name])
     val = per_split["val"][POOLED if len(datasets) > 1 else datasets[0].name]
     threshold = choose_operating_threshold(val.truth, val.predictions, target_recall)
     if threshold is None:

@@ -125,11 +125,6 @@ def lesion_free_crop(pixels: np.ndarray, boxes: Sequence[Box], margin: int = 8,
     return pixels[y0:y1, x0:x1]
 
 
-def training_source(image: AnnotatedImage) -> str:
-    """The sampling source of a training image: its class folder (``benign``, ``normal``, ...)."""
-    return image.label
-
-
 def write_tfrecords(images: Sequence[AnnotatedImage], split: Dict[str, str], classes: Dict[int, str],
                     output_dir: Path, dataset_index: int = 0, background_crops: bool = True,
                     progress=lambda items: items) -> Dict[str, int]:
@@ -159,7 +154,7 @@ def write_tfrecords(images: Sequence[AnnotatedImage], split: Dict[str, str], cla
     for image in progress([ordered[k] for k in order if split.get(ordered[k].filename) in SPLITS]):
         name = split[image.filename]
         pixels = read_image(image.path)
-        stem = f"train_{training_source(image)}" if name == "train" else name
+        stem = f"train_{image.label}" if name == "train" else name  # a training source per class folder
         write(stem, build_tf_example(pixels, image.boxes, source_ids[image.filename], class_ids))
         if name == "train" and background_crops and image.boxes:
             crop = lesion_free_crop(pixels, image.boxes)

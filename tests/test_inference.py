@@ -137,6 +137,15 @@ def test_shipped_onnx_file_matches_the_shipped_saved_model():
     assert (SHIPPED / ONNX_FILE).stat().st_size < 15e6, "keep the ONNX file small enough for git"
 
 
+def test_shipped_model_records_both_training_centres_and_their_test_metrics():
+    """The About box and the model card read these: the shipped model must say what it learned from."""
+    info = read_model_info(SHIPPED)
+    assert [source["name"] for source in info["trained_on"]] == ["busi", "busbra"]
+    assert all(source["citation"] for source in info["trained_on"])
+    assert set(info["test_metrics"]) >= {"busi", "busbra", "pooled"}
+    assert 0 < info["score_threshold"] < 1
+
+
 def test_onnx_path_never_imports_tensorflow(tmp_path, label_map_path):
     """predict.py served by ONNX Runtime, run in a fresh interpreter: TensorFlow is never loaded."""
     import subprocess

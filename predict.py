@@ -120,7 +120,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "from this SavedModel, else tensorflow (default: %(default)s)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an earlier run into the same --output: images with an ok row in its "
-                             "tables are kept, the others (error rows too) are done again")
+                             "tables are kept, the others (error rows and DICOM files too) are done again")
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
                         help="local: this process (default); ray: a pool of model actors on Ray, the same "
                              "outputs (paths must be the same on every node; see docs/scaling.md)")

@@ -239,8 +239,6 @@ def write_failed(result: ImageResult, error: BaseException) -> ImageResult:
     return result.failed(f"cannot write the annotated copy ({reason})")
 
 
-
-
 def _logged(result: ImageResult, path: Path) -> ImageResult:
     """``result``, after one warning line naming the file and the reason if it failed."""
     if not result.ok:

@@ -105,8 +105,10 @@ def images_csv(results: Sequence[ImageResult]) -> bytes:
 def read_results(predictions_path: Path, images_path: Path) -> List[ImageResult]:
     """The records behind a ``predictions.csv`` and ``images.csv`` written by this module.
 
-    The inverse of :func:`predictions_table` and :func:`images_table`: the two tables of
-    the records returned are the rows read, byte for byte. Each record holds its shown
+    The inverse of :func:`predictions_table` and :func:`images_table` for single images:
+    the two tables of the records returned are the rows read, byte for byte. A DICOM
+    file's frames and sizes in mm are not read back (the calibration is not in the
+    tables), so ``--resume`` runs DICOM files again. Each record holds its shown
     boxes only (pixel geometry, scores rounded as written), at threshold 0. A record
     whose ``boxes`` count differs from its rows in ``predictions.csv`` (a run killed
     between the two writes) is marked failed, so that it is done again.

@@ -84,6 +84,11 @@ def subset(part: SplitPredictions, names: Sequence[str]) -> SplitPredictions:
                             {n: part.predictions[n] for n in names})
 
 
+def evaluate(part: SplitPredictions, score_threshold: float, classes: Sequence[str]):
+    """:func:`busdet.evaluation.compute_evaluation` of one split's truth, labels and predictions."""
+    return compute_evaluation(part.truth, part.labels, part.predictions, score_threshold, classes=classes)
+
+
 def metrics_by_group(part: SplitPredictions, groups: Mapping[str, str], score_threshold: float,
                      classes: Sequence[str]) -> Dict[str, dict]:
     """``{group: {images, AP50_lesion, mAP50, AUC, recall, precision}}``, e.g. per scanner."""
@@ -92,13 +97,9 @@ def metrics_by_group(part: SplitPredictions, groups: Mapping[str, str], score_th
         members.setdefault(groups.get(name, "unknown"), []).append(name)
     table = {}
     for group, names in sorted(members.items()):
-        metrics = compute_evaluation(*_evaluation_args(subset(part, names)), score_threshold, classes=classes).metrics
+        metrics = evaluate(subset(part, names), score_threshold, classes).metrics
         table[group] = {"images": len(names), **{key: metrics.get(key) for key in GROUP_METRICS}}
     return table
-
-
-def _evaluation_args(part: SplitPredictions):
-    return part.truth, part.labels, part.predictions
 
 
 def measure_model(detector: Detector, datasets: Sequence[DatasetSpec], report_dir: Path,
@@ -130,7 +131,7 @@ def measure_model(detector: Detector, datasets: Sequence[DatasetSpec], report_di
     for name in SPLITS:
         summary[name] = {}
         for dataset, part in per_split[name].items():
-            evaluation = compute_evaluation(*_evaluation_args(part), summary["score_threshold"], classes=classes)
+            evaluation = evaluate(part, summary["score_threshold"], classes)
             write_evaluation_report(evaluation, part.truth, part.predictions, report_dir / dataset / name,
                                     images_dir=folders.get(dataset),
                                     sources={"annotations": f"{dataset} ({name} split)",

@@ -6,7 +6,7 @@ import pytest
 
 from busdet.boxes import Box
 from busdet.datasets import parse_dataset_arg, read_devices
-from busdet.evaluation.measure import SplitPredictions, metrics_by_group, pool, stored_threshold
+from busdet.evaluation.measure import SplitPredictions, choose_threshold, metrics_by_group, pool, stored_threshold
 
 
 def _part(hits):
@@ -20,6 +20,33 @@ def test_pool_keeps_same_named_images_of_two_datasets_apart():
     pooled = pool({"a": _part([True, False]), "b": _part([True])})
     assert sorted(pooled.truth) == ["a/img0.png", "a/img1.png", "b/img0.png"]
     assert pooled.predictions["a/img1.png"] == [] and len(pooled.predictions["b/img0.png"]) == 1
+
+
+def _scored(scores):
+    """Images each with one lesion, found at ``scores[k]``."""
+    truth = {f"img{k}.png": [Box(0, 0, 10, 10, "benign")] for k in range(len(scores))}
+    predictions = {name: [Box(0, 0, 10, 10, "benign", score)] for name, score in zip(truth, scores)}
+    return SplitPredictions(truth, {name: "benign" for name in truth}, predictions)
+
+
+def test_each_rule_keeps_the_recall_on_the_hardest_dataset_where_pooling_does_not():
+    easy, hard = _scored([0.9] * 10), _scored([0.9] * 5 + [0.3] * 5)
+    val = {"easy": easy, "hard": hard, "pooled": pool({"easy": easy, "hard": hard})}
+    threshold, rule, own = choose_threshold(val, 0.9, "each")
+    assert own == {"easy": 0.9, "hard": 0.3} and threshold == 0.3 and "each of easy, hard" in rule
+    pooled_threshold, pooled_rule, _ = choose_threshold(val, 0.9, "pooled")
+    assert pooled_threshold == 0.3 and "pooled" in pooled_rule  # 18 of 20 needed: here the two agree
+    val_hard_tail = {"easy": easy, "hard": _scored([0.9] * 8 + [0.3] * 2)}
+    val_hard_tail["pooled"] = pool(val_hard_tail)
+    assert choose_threshold(val_hard_tail, 0.9, "each")[0] == 0.3  # 0.9 keeps only 8 of hard's 10
+    assert choose_threshold(val_hard_tail, 0.9, "pooled")[0] == 0.9  # 18 of 20 pooled: hard's recall 0.8
+
+
+def test_each_rule_without_a_reachable_target_on_one_dataset_gives_none():
+    missing = _part([True, False])  # recall 0.5 at best
+    val = {"a": _scored([0.9] * 10), "b": missing, "pooled": pool({"a": _scored([0.9] * 10), "b": missing})}
+    threshold, _, own = choose_threshold(val, 0.9, "each")
+    assert threshold is None and own["b"] is None
 
 
 def test_metrics_by_group_scores_each_scanner_on_its_own_images():

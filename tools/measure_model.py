@@ -6,8 +6,9 @@
 
 Each --data is NAME=FOLDER with its split in data/NAME_split.csv (as in tools/train.py).
 Predicts the validation and test images of every dataset, chooses the operating
-threshold on validation pooled over the datasets (the highest one keeping
-class-agnostic lesion recall >= --target-recall), writes a full evaluation report per
+threshold on validation (the highest one keeping class-agnostic lesion recall
+>= --target-recall on each dataset's validation split; --threshold-rule pooled: on
+the validation splits pooled, model v2's rule), writes a full evaluation report per
 dataset and split (report/NAME/val, report/NAME/test, report/pooled/...: keep it out
 of git, its gallery shows dataset images) and prints the metrics as JSON: per dataset,
 pooled, and per scanner where the dataset names them (BUS-BRA's bus_data.csv). With
@@ -31,6 +32,7 @@ from busdet.cli import run_command  # noqa: E402
 from busdet.datasets import parse_dataset_arg  # noqa: E402
 from busdet.evaluation.metrics import DEFAULT_TARGET_RECALL  # noqa: E402
 from busdet.files import json_text  # noqa: E402
+from busdet.evaluation.measure import THRESHOLD_RULES, measure_model, store_operating_point  # noqa: E402
 from busdet.inference import ModelLoadError, load_detector  # noqa: E402
 
 
@@ -45,14 +47,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", type=Path, default=ROOT / "report", help="report folder (default: report/)")
     parser.add_argument("--target-recall", type=float, default=DEFAULT_TARGET_RECALL,
                         help="lesion recall to keep on val (default: %(default)s)")
+    parser.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default="each",
+                        help="each: the recall holds on every dataset's val; pooled: on the pooled val "
+                             "(default: %(default)s)")
     parser.add_argument("--write-model-info", action="store_true",
                         help="store the threshold and test metrics in the model's model_info.json")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    from busdet.evaluation.measure import measure_model, store_operating_point  # loads TensorFlow
-
     try:
         datasets = [parse_dataset_arg(value, args.splits) for value in args.data]
         missing = [str(spec.split_path) for spec in datasets if not spec.split_path.is_file()]
@@ -64,7 +67,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = measure_model(detector, datasets, args.report, args.target_recall,
-                                progress=lambda items: tqdm(items, desc="predict", unit="image", file=sys.stderr))
+                                progress=lambda items: tqdm(items, desc="predict", unit="image", file=sys.stderr),
+                                threshold_rule=args.threshold_rule)
     except ValueError as error:  # a dataset without the expected layout, or a split that does not fit it
         print(f"error: {error}", file=sys.stderr)
         return 2

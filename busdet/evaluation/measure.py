@@ -3,10 +3,13 @@
     python tools/measure_model.py --data busi=../shared/busi/Dataset_BUSI_with_GT \\
         --data busbra=../shared/busbra/BUS-BRA --model saved_model
 
-The threshold rule: the highest score threshold at which the class-agnostic lesion
-recall on the *validation* splits, pooled over the datasets, is still >=
-``target_recall`` (:data:`busdet.evaluation.DEFAULT_TARGET_RECALL`). The test splits
-are looked at only to report, never to choose. Metrics are reported per dataset and
+The threshold rule (``each``, the default): the highest score threshold at which the
+class-agnostic lesion recall on the *validation* split of **every** dataset is still
+>= ``target_recall`` (:data:`busdet.evaluation.DEFAULT_TARGET_RECALL`), i.e. the lowest
+of the datasets' own thresholds, so that the operating point holds for the dataset the
+model finds hardest, not only on average. ``pooled`` (model v2's rule) asks it of the
+validation splits pooled instead. The test splits are looked at only to report, never
+to choose. Metrics are reported per dataset and
 pooled, and per scanner where a dataset names them (BUS-BRA's ``Device``).
 :func:`store_operating_point` records the result in the model's ``model_info.json``.
 """
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 
 THRESHOLD_RULE = ("highest score threshold keeping class-agnostic lesion recall >= {:.2f} "
                   "on the validation split{}")
+THRESHOLD_RULES = ("each", "pooled")
 POOLED = "pooled"
 SPLITS = ("val", "test")
 # What the per-scanner table keeps of each group's metrics.
@@ -102,13 +106,33 @@ def metrics_by_group(part: SplitPredictions, groups: Mapping[str, str], score_th
     return table
 
 
+def choose_threshold(val: Mapping[str, SplitPredictions], target_recall: float, rule: str) -> tuple:
+    """``(threshold or None, rule text, {dataset: its own threshold})`` on the validation splits ``val``
+    (by dataset, plus ``pooled`` with several datasets) by ``rule`` (:data:`THRESHOLD_RULES`)."""
+    datasets = [name for name in val if name != POOLED]
+    own = {name: choose_operating_threshold(val[name].truth, val[name].predictions, target_recall)
+           for name in datasets}
+    if len(datasets) == 1:
+        return own[datasets[0]], THRESHOLD_RULE.format(target_recall, ""), own
+    if rule == "pooled":
+        threshold = choose_operating_threshold(val[POOLED].truth, val[POOLED].predictions, target_recall)
+        note = f"s of {', '.join(datasets)} pooled"
+    else:
+        reached = [t for t in own.values() if t is not None]
+        threshold = min(reached) if len(reached) == len(own) else None
+        note = f" of each of {', '.join(datasets)} (the lowest of their thresholds)"
+    return threshold, THRESHOLD_RULE.format(target_recall, note), own
+
+
 def measure_model(detector: Detector, datasets: Sequence[DatasetSpec], report_dir: Path,
-                  target_recall: float = DEFAULT_TARGET_RECALL, progress=lambda items: items) -> dict:
-    """Predicts every dataset's val and test, picks the threshold on pooled val, writes the reports.
+                  target_recall: float = DEFAULT_TARGET_RECALL, progress=lambda items: items,
+                  threshold_rule: str = "each") -> dict:
+    """Predicts every dataset's val and test, picks the threshold on val by ``threshold_rule``, writes the reports.
 
     Reports go to ``report_dir/<dataset>/{val,test}`` (with a gallery of the worst cases)
     and, with several datasets, ``report_dir/pooled/{val,test}``. Returns a summary:
-    ``score_threshold``, ``threshold_rule``, ``datasets`` (names and citations), and
+    ``score_threshold``, ``threshold_rule``, ``val_threshold_by_dataset`` (the threshold
+    each dataset's val alone would give), ``datasets`` (names and citations), and
     ``val``/``test`` as ``{dataset or "pooled": metrics}``, plus ``test_by_scanner``
     ``{dataset: {scanner: metrics}}`` for datasets that name their scanners.
     """
@@ -118,14 +142,12 @@ def measure_model(detector: Detector, datasets: Sequence[DatasetSpec], report_di
     if len(datasets) > 1:
         for name in SPLITS:
             per_split[name][POOLED] = pool(per_split[name])
-    val = per_split["val"][POOLED if len(datasets) > 1 else datasets[0].name]
-    threshold = choose_operating_threshold(val.truth, val.predictions, target_recall)
+    threshold, rule_text, own = choose_threshold(per_split["val"], target_recall, threshold_rule)
     if threshold is None:
         log.warning("lesion recall %.2f is out of reach on val: keeping the model's threshold", target_recall)
         threshold = detector.score_threshold
-    pooled_note = f"s of {', '.join(s.name for s in datasets)} pooled" if len(datasets) > 1 else ""
-    summary = {"threshold_rule": THRESHOLD_RULE.format(target_recall, pooled_note),
-               "score_threshold": stored_threshold(threshold),
+    summary = {"threshold_rule": rule_text, "score_threshold": stored_threshold(threshold),
+               "val_threshold_by_dataset": {name: None if t is None else stored_threshold(t) for name, t in own.items()},
                "datasets": [{"name": s.name, "citation": citation_line(s.name)} for s in datasets]}
     folders = {spec.name: spec.path for spec in datasets}
     for name in SPLITS:
@@ -150,6 +172,7 @@ def store_operating_point(model_dir: Path, summary: dict) -> None:
     """Records :func:`measure_model`'s threshold, its rule, datasets and metrics in ``model_info.json``."""
     info = read_model_info(model_dir)
     info.update(score_threshold=summary["score_threshold"], threshold_rule=summary["threshold_rule"],
+                val_threshold_by_dataset=summary["val_threshold_by_dataset"],
                 measured_on=summary["datasets"], test_metrics=summary["test"], val_metrics=summary["val"],
                 test_by_scanner=summary["test_by_scanner"])
     write_model_info(model_dir, info)

@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from busdet import inference, scans
-from busdet.about import LIMITS_MARKDOWN, MODEL_MARKDOWN, recorded_test_metrics, training_data_markdown
+from busdet.about import LIMITS_MARKDOWN, model_markdown, recorded_test_metrics, training_data_markdown
 from busdet.downloads import image_downloads, results_zip
 from busdet.drawing import draw_boxes
 from busdet.images import IMAGE_EXTENSIONS
@@ -92,7 +92,7 @@ def analyse(detector, name: str, data: bytes, digest: str, score_threshold: floa
 def about_ui(info: dict) -> None:
     """The model, its training data with citations and its test metrics, all from model_info.json."""
     with st.expander("About this tool, its model and its limits"):
-        st.markdown(MODEL_MARKDOWN)
+        st.markdown(model_markdown(info))
         st.markdown(training_data_markdown(info))
         st.markdown(LIMITS_MARKDOWN)
         metrics = recorded_test_metrics(info)

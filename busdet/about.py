@@ -1,10 +1,11 @@
 """What the page's About box says about the loaded model, read from its ``model_info.json``.
 
+    model_markdown(detector.info)           # the network and what its backbone started from
     training_data_markdown(detector.info)   # the datasets it learned from, each cited
     recorded_test_metrics(detector.info)       # metric x dataset (or one column for older models)
 
-The text comes from what export and measurement recorded (``trained_on``,
-``test_metrics``), so the page can never describe another model than the one it runs.
+The text comes from what export and measurement recorded (``backbone_init``,
+``trained_on``, ``test_metrics``), so the page can never describe another model than the one it runs.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Mapping, Optional
 
 import pandas as pd
 
-MODEL_MARKDOWN = """**Model.** RetinaNet with a MobileNetV2 backbone (TensorFlow Model Garden), trained in this
-project from random initialisation on the public datasets below."""
+MODEL_MARKDOWN = ("**Model.** RetinaNet with a MobileNetV2 backbone (TensorFlow Model Garden), trained in this "
+                  "project {start} on the public datasets below.")
+# How the model card names the ImageNet weights file in ../shared/weights (see its README).
+IMAGENET_WEIGHTS_NAME = "ImageNet MobileNetV2 weights (TF-slim raw checkpoint values, Sandler et al., CVPR 2018)"
 LIMITS_MARKDOWN = """**Limits.** Trained on images from the few centres and scanners listed above: other machines,
 presets and populations may do worse, unmeasured. A score is the model's confidence, not a probability of
 cancer. The model cannot tell whether an image is an ultrasound at all: any image gets an answer. A
@@ -23,6 +26,19 @@ radiologist."""
 # The model card's headline numbers, in its order.
 HEADLINE_METRICS = ("AP50_lesion", "mAP50", "AP50_benign", "AP50_malignant", "AUC_malignant_image",
                     "lesion_recall", "lesion_precision", "normal_with_box_rate", "images")
+
+
+def model_markdown(info: Mapping) -> str:
+    """The model paragraph, saying what its backbone started from (``backbone_init``)."""
+    start = info.get("backbone_init") or {}
+    if start.get("weights") == "imagenet":
+        text = (f"with its backbone started from {IMAGENET_WEIGHTS_NAME}: file `{start.get('file')}`, "
+                f"sha256 `{start.get('sha256')}`,")
+    elif start.get("weights") == "none":
+        text = "from random initialisation"
+    else:
+        text = "(its starting weights were not recorded with this model: see its model card)"
+    return MODEL_MARKDOWN.format(start=text)
 
 
 def training_data_markdown(info: Mapping) -> str:

@@ -32,11 +32,13 @@ def smoke_model(tmp_path_factory) -> Path:
     """A SavedModel trained a few steps on phantoms through the production path.
 
     Built once per test session (about a minute on 2 cores) and shared by the
-    predict, app and training tests. Its predictions are weak but real.
+    predict, app and training tests. Its predictions are weak but real. Its backbone
+    starts from a random weights file, through the path ImageNet weights take.
     """
-    from busdet.training.smoke import train_smoke_model
+    from busdet.training.smoke import train_smoke_model, write_random_mobilenet_weights
 
-    return train_smoke_model(tmp_path_factory.mktemp("smoke"))
+    work_dir = tmp_path_factory.mktemp("smoke")
+    return train_smoke_model(work_dir, init=f"imagenet={write_random_mobilenet_weights(work_dir / 'weights.h5')}")
 
 
 @pytest.fixture

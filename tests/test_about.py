@@ -1,6 +1,6 @@
 """The About box describes the loaded model from its own model_info.json."""
 
-from busdet.about import recorded_test_metrics, training_data_markdown
+from busdet.about import model_markdown, recorded_test_metrics, training_data_markdown
 from busdet.datasets import citation_line
 
 
@@ -21,3 +21,11 @@ def test_metrics_table_has_a_column_per_dataset_and_reads_older_flat_records():
     flat = recorded_test_metrics({"test_metrics": {"AP50_lesion": 0.8}})
     assert list(flat.columns) == ["test"] and flat.loc["AP50_lesion", "test"] == "0.800"
     assert recorded_test_metrics({}) is None
+
+
+def test_model_paragraph_says_what_the_backbone_started_from():
+    digest = "ab" * 32
+    text = model_markdown({"backbone_init": {"weights": "imagenet", "file": "w.h5", "sha256": digest}})
+    assert "ImageNet" in text and "w.h5" in text and digest in text
+    assert "random initialisation" in model_markdown({"backbone_init": {"weights": "none"}})
+    assert "not recorded" in model_markdown({})

@@ -4,7 +4,7 @@
     python tools/train.py --data busi=../shared/busi/Dataset_BUSI_with_GT \\
         --data busbra=../shared/busbra/BUS-BRA --config configs/v2_stage1_256.yaml --model-dir runs/v2_256
     python tools/train.py --data mine=/path/to/my_dataset --config configs/v2_stage2_640.yaml \\
-        --model-dir runs/mine --init runs/stage3_640/best
+        --model-dir runs/mine --init runs/v2_640/best
 
 Each --data is NAME=FOLDER (one sub-folder per class, NAME.png beside NAME_mask.png);
 its split is data/NAME_split.csv, made (stratified by class, grouped by patient when
@@ -43,8 +43,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="stage YAML overriding the registered experiment (repeatable)")
     parser.add_argument("--model-dir", required=True, type=Path, help="checkpoints and logs (resumed if present)")
     parser.add_argument("--init", default="none",
-                        help="none (random), imagenet (Keras MobileNetV2 weights; needs them cached "
-                             "or a network), or a checkpoint file/folder (default: none)")
+                        help="none (random); imagenet=PATH, a Keras MobileNetV2 (include_top=False) weights "
+                             "file for the backbone, e.g. imagenet=../shared/weights/"
+                             "mobilenet_v2_1.0_224_imagenet_no_top.h5 (never downloaded); or a checkpoint "
+                             "file/folder of an earlier run (default: none)")
     parser.add_argument("--splits", type=Path, default=ROOT / "data",
                         help="folder of the NAME_split.csv files (filename,label,split); a missing one is "
                              "made with --seed (default: %(default)s)")

@@ -58,6 +58,19 @@ class UltrasoundDataConfig(retinanet_cfg.DataConfig):
 
 
 @dataclasses.dataclass
+class BackboneInit(hyperparams.Config):
+    """Where the backbone's first weights came from (``--init``), carried from stage to stage.
+
+    ``weights``: ``none`` (random) or ``imagenet``; ``file`` and ``sha256`` name the
+    weights file (its name only: the user's folders are nobody's business).
+    """
+
+    weights: str = "none"
+    file: str = ""
+    sha256: str = ""
+
+
+@dataclasses.dataclass
 class UltrasoundRetinaNetTaskConfig(retinanet_cfg.RetinaNetTask):
     train_data: UltrasoundDataConfig = dataclasses.field(
         default_factory=lambda: UltrasoundDataConfig(is_training=True))
@@ -72,6 +85,7 @@ class UltrasoundRetinaNetTaskConfig(retinanet_cfg.RetinaNetTask):
     # steps old: training ends when validation stops improving, not at a step count.
     # 0: run to trainer.train_steps.
     early_stop_patience_steps: int = 0
+    backbone_init: BackboneInit = dataclasses.field(default_factory=BackboneInit)
 
 
 def apply_photometric(image: tf.Tensor, params: Photometric, seed: Optional[int] = None) -> tf.Tensor:

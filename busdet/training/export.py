@@ -73,7 +73,9 @@ def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: 
                 "class_agnostic_nms": bool(params.task.model.detection_generator.use_class_agnostic_nms),
                 "nms_iou_threshold": float(params.task.model.detection_generator.nms_iou_threshold),
                 "trained_on": [{"name": name, "citation": citation_line(name)}
-                               for name in params.task.dataset_names]}
+                               for name in params.task.dataset_names],
+                # What the backbone started from (--init), with the weights file's digest.
+                "backbone_init": params.task.backbone_init.as_dict()}
         info.update(extra_info or {})
         write_model_info(staging, info)
         export_onnx(staging)

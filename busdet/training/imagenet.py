@@ -1,4 +1,4 @@
-"""``--init imagenet``: start the backbone from Keras' ImageNet MobileNetV2 weights.
+"""``--init imagenet=PATH``: start the backbone from an ImageNet MobileNetV2 weights file.
 
 Keras' ``MobileNetV2(include_top=False)`` and Model Garden's ``mobilenet``
 backbone (``MobileNetV2``) are the same network built by different code: the
@@ -7,9 +7,11 @@ unit by unit (one conv kernel, or one batch norm's four tensors), checking every
 shape, into a backbone-only checkpoint that Model Garden's RetinaNet task loads
 with ``init_checkpoint_modules: backbone``.
 
-Keras fetches the weights file on first use and caches it in ``~/.keras/models``;
-with no network and no cached file, :func:`build_backbone_checkpoint` fails with
-a message saying so (the shipped model is trained from random initialisation).
+The weights are read from a file the user names (a Keras ``.h5`` of
+``MobileNetV2(include_top=False)``), never downloaded and never looked up in
+``~/.keras``: a run must say exactly what it started from. The file's sha256
+goes into the run's ``params.yaml`` (``task.backbone_init``), is carried from
+stage to stage by ``--init CHECKPOINT``, and ends in ``model_info.json``.
 Note the input scaling differs (Keras [-1, 1], Model Garden ImageNet mean/std):
 fine-tuning absorbs it, the first layer just starts slightly off.
 """
@@ -24,6 +26,8 @@ import tensorflow as tf
 import tf_keras
 from official.modeling import hyperparams
 from official.vision.modeling.backbones import factory as backbone_factory
+
+from busdet.inference import compute_file_digest
 
 log = logging.getLogger(__name__)
 
@@ -71,25 +75,38 @@ def build_backbone(params: hyperparams.Config) -> tf_keras.Model:
                                            norm_activation_config=model.norm_activation)
 
 
-def build_backbone_checkpoint(params: hyperparams.Config, output_dir: Path, weights: str = "imagenet") -> str:
-    """Writes a backbone checkpoint initialised from Keras weights; returns its path.
+def parse_imagenet_init(value: str) -> Path:
+    """The weights file named by ``--init imagenet=PATH``; ValueError/FileNotFoundError in one line."""
+    _, _, path = value.partition("=")
+    if not path:
+        raise ValueError("--init imagenet needs the weights file: --init imagenet=PATH, e.g. "
+                         "imagenet=../shared/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5 (nothing is downloaded)")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--init {value}: no such file")
+    return Path(path)
 
-    Args:
-      weights: ``"imagenet"`` (Keras' cached or downloaded file), a path to a Keras
-        ``.h5`` weights file, or None (random; used by the tests).
+
+def describe_weights_file(path: Path) -> dict:
+    """What ``task.backbone_init`` and ``model_info.json`` record of the start: name and digest, not the
+    user's folder layout."""
+    return {"weights": "imagenet", "file": Path(path).name, "sha256": compute_file_digest(path)}
+
+
+def build_backbone_checkpoint(params: hyperparams.Config, output_dir: Path, weights_file: Path) -> str:
+    """Writes a backbone checkpoint initialised from a Keras weights file; returns its path.
+
     Raises:
-      RuntimeError: the weights cannot be obtained (no network, no cached file).
+      RuntimeError: the file is not MobileNetV2 weights of the configured width.
     """
     backbone = build_backbone(params)
     try:
         keras_model = tf_keras.applications.MobileNetV2(
-            input_shape=(None, None, 3), include_top=False, weights=weights,
+            input_shape=(None, None, 3), include_top=False, weights=str(weights_file),
             alpha=params.task.model.backbone.mobilenet.filter_size_scale)
-    except Exception as error:  # Keras raises several types for a failed download
-        raise RuntimeError(f"--init imagenet: cannot get Keras MobileNetV2 weights ({error}); they are "
-                           "downloaded on first use, so this needs a network or the file in "
-                           "~/.keras/models") from None
-    copied = copy_keras_weights(keras_model, backbone)
-    log.info("copied %d tensors from Keras MobileNetV2 (%s)", copied, weights)
+        copied = copy_keras_weights(keras_model, backbone)
+    except Exception as error:  # h5py, Keras and our own checks raise several types
+        raise RuntimeError(f"--init imagenet={weights_file}: not usable as MobileNetV2 "
+                           f"(include_top=False) weights: {error}") from None
+    log.info("copied %d tensors from %s", copied, weights_file)
     output_dir.mkdir(parents=True, exist_ok=True)
     return tf.train.Checkpoint(backbone=backbone).write(str(output_dir / "backbone"))

@@ -83,9 +83,10 @@ def build_params(config_files: Sequence[Path], records_dir: Path, counts: Dict[s
                  class_names: Optional[Sequence[str]] = None) -> hyperparams.Config:
     """The experiment config with the stage YAML files, data paths and ``init`` applied.
 
-    ``init``: ``none`` (random), ``imagenet`` (Keras MobileNetV2 weights copied into
-    a backbone checkpoint under ``model_dir``, see :mod:`busdet.training.imagenet`)
-    or a checkpoint file or folder of an earlier run to start the whole model from.
+    ``init``: ``none`` (random), ``imagenet=PATH`` (a Keras MobileNetV2 weights file
+    copied into a backbone checkpoint under ``model_dir``, see :mod:`busdet.training.imagenet`)
+    or a checkpoint file or folder of an earlier run to start the whole model from
+    (whose own ``backbone_init`` the new run inherits).
     ``class_names``: the label map's names in id order (validation names its metrics
     by them); the experiment's benign/malignant when None.
     """
@@ -104,15 +105,21 @@ def build_params(config_files: Sequence[Path], records_dir: Path, counts: Dict[s
     # Evaluate the whole validation split of every dataset, whatever its size.
     val_batch = params.task.validation_data.global_batch_size
     params.trainer.validation_steps = -(-sum(c.get("val", 0) for c in counts.values()) // val_batch)
-    if init == "imagenet" and not _has_checkpoint(model_dir):
-        from busdet.training.imagenet import build_backbone_checkpoint
-        params.task.init_checkpoint = build_backbone_checkpoint(params, Path(model_dir) / "imagenet_init")
-        params.task.init_checkpoint_modules = "backbone"
-    elif init not in ("none", "imagenet"):
+    if init.startswith("imagenet"):
+        from busdet.training import imagenet
+
+        weights_file = imagenet.parse_imagenet_init(init)
+        params.task.backbone_init = imagenet.describe_weights_file(weights_file)
+        if not _has_checkpoint(model_dir):  # a resumed run restores its own checkpoint instead
+            params.task.init_checkpoint = imagenet.build_backbone_checkpoint(
+                params, Path(model_dir) / "imagenet_init", weights_file)
+            params.task.init_checkpoint_modules = "backbone"
+    elif init != "none":
         checkpoint = Path(init)
         params.task.init_checkpoint = tf.train.latest_checkpoint(str(checkpoint)) if checkpoint.is_dir() else init
         if not params.task.init_checkpoint:
             raise FileNotFoundError(f"--init {init}: no checkpoint found")
+        params.task.backbone_init = _backbone_init_of(Path(params.task.init_checkpoint))
     params.validate()
     params.lock()
     return params
@@ -139,6 +146,15 @@ def load_run_params(model_dir: Path) -> hyperparams.Config:
         raise FileNotFoundError(f"{params_path}: not found (expected a run made by tools/train.py)")
     return hyperparams.override_params_dict(exp_factory.get_exp_config(EXPERIMENT_NAME), str(params_path),
                                             is_strict=True)
+
+
+def _backbone_init_of(checkpoint: Path) -> dict:
+    """The ``backbone_init`` recorded by the run that wrote ``checkpoint`` (its ``params.yaml`` is in
+    the checkpoint's folder or, for ``best/``, the one above); random when none is found."""
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        if (folder / "params.yaml").is_file():
+            return load_run_params(folder).task.backbone_init.as_dict()
+    return {"weights": "none", "file": "", "sha256": ""}
 
 
 def _has_checkpoint(model_dir: Optional[Path]) -> bool:

@@ -44,6 +44,9 @@ from busdet.images import Scan
 from busdet.results import ImageResult, result_finding_line
 
 log = logging.getLogger(__name__)
+# highdicom's INFO lines quote the source's SOP Instance UID ("copy Patient-related attributes
+# from dataset ..."): no line of ours may carry an identifier, so only its errors get through.
+logging.getLogger("highdicom").setLevel(logging.ERROR)
 
 # The Patient and General Study modules' Type 1 and 2 attributes: what a PACS needs to file an object.
 PATIENT_TAGS = ["PatientName", "PatientID", "PatientBirthDate", "PatientSex"]
@@ -250,6 +253,9 @@ def build_dicom_results(result: ImageResult, scan: Scan, source: Dataset, info: 
     Raises:
       DicomOutError: highdicom refused to build one (the reason, without any identifier).
     """
+    # pydicom's warnings about odd values (a name too long for its VR) quote the values: a
+    # source's identifiers are copied as they are, without a word about them on any terminal.
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     try:
         return build_report(result, source, info), build_capture(result, scan, source, info)
     except (ValueError, TypeError) as error:

@@ -79,6 +79,8 @@ def wait_for_stop() -> None:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines dump whole associations
+    # A destination that is down: the node's own line says so, once per try.
+    logging.getLogger("pynetdicom.transport").setLevel(logging.CRITICAL)
     try:
         detector = load_detector(args.model, args.label_map, args.runtime)
         settings = NodeSettings(args.ae_title, args.port, args.send_to, args.queue, args.listen,

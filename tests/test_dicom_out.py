@@ -198,3 +198,26 @@ def test_model_version_comes_from_model_info():
     info = {"checkpoint": "v2_640/best/best_ckpt-26", "onnx": {"saved_model_sha256": "c7fefaefd61babfd24d4"}}
     assert dicom_out.model_version(info) == "v2_640/best/best_ckpt-26 sha256:c7fefaefd61b"
     assert dicom_out.model_version({}) == "unrecorded"
+
+
+def test_page_offers_the_report_and_capture_predict_py_writes(predicted, tmp_path):
+    import hashlib
+
+    import streamlit as st
+
+    import app
+    from busdet.downloads import dicom_downloads
+
+    source_dir, _, pacs, _ = predicted
+    st.cache_data.clear()
+    detector = fake_detector()
+    for name in ["single.dcm", "loop.dcm"]:
+        data = (source_dir / name).read_bytes()
+        result, scan = app.analyse(detector, name, data, hashlib.sha256(data).hexdigest(), detector.score_threshold)
+        files = dicom_downloads(result, scan, data, detector.info)
+        assert [f[1] for f in files] == [f"{name[:-4]}.sr.dcm", f"{name[:-4]}.sc.dcm"]
+        for (_, file_name, _, build), suffix in zip(files, (".sr.dcm", ".sc.dcm")):
+            (tmp_path / file_name).write_bytes(build())
+            written = pydicom.dcmread(pacs / f"{name}{suffix}")
+            assert pydicom.dcmread(tmp_path / file_name).SOPInstanceUID == written.SOPInstanceUID
+        assert report_rows(tmp_path / f"{name[:-4]}.sr.dcm") == report_rows(pacs / f"{name}.sr.dcm")

@@ -390,6 +390,10 @@ def format_summary(result: BatchResult, load_seconds: float) -> str:
     if loops:
         lines.append(f"{len(loops)} cine loop(s): {sum(len(r.frames) for r in loops)} frames run "
                      f"({sum(r.seconds or 0.0 for r in loops):.1f} s of inference)")
+    if plan.dicom_out is not None:
+        reported = sum(1 for r in result.results if r.ok and plan.dicom_paths(Path(r.filename)))
+        lines.append(f"{reported} DICOM report(s) and annotated image(s) -> {plan.dicom_out} "
+                     "(these carry their sources' patient and study identifiers)")
     if plan.done:
         lines.append(f"{len(plan.done)} of them kept from the earlier run's tables (--resume)")
     if plan.unsearched_folders:

@@ -24,6 +24,7 @@ nothing else can be copied. Log lines and error messages never quote any of them
 
 from __future__ import annotations
 
+import datetime
 import io
 import logging
 from pathlib import Path
@@ -194,8 +195,16 @@ def build_report(result: ImageResult, source: Dataset, info: Mapping) -> hd.sr.C
         series_number=series_number, sop_instance_uid=_uid(source.SOPInstanceUID, "sr", version,
                                                            result.score_threshold, len(groups)),
         instance_number=1, manufacturer=MANUFACTURER, is_complete=True, series_description=description,
-        software_versions=f"busdet {busdet.__version__}", specific_character_set=UTF8)
+        **_made_here())
     return document
+
+
+def _made_here() -> dict:
+    """What both objects say of their making: software, character set, and the series' date and time
+    (now: a viewer lists a series under its date)."""
+    now = datetime.datetime.now()
+    return {"software_versions": f"busdet {busdet.__version__}", "specific_character_set": UTF8,
+            "series_date": now.date(), "series_time": now.time()}
 
 
 def annotated_key_frame(result: ImageResult, scan: Scan) -> np.ndarray:
@@ -215,7 +224,7 @@ def build_capture(result: ImageResult, scan: Scan, source: Dataset, info: Mappin
         series_number=series_number, instance_number=1, manufacturer=MANUFACTURER,
         sop_instance_uid=_uid(source.SOPInstanceUID, "sc", version, result.score_threshold, result.key_frame),
         transfer_syntax_uid=ExplicitVRLittleEndian, series_description=description,
-        software_versions=f"busdet {busdet.__version__}", specific_character_set=UTF8,
+        **_made_here(),
         **{name: _value(source, keyword) for name, keyword in _SC_IDENTIFIERS})
     capture.PatientOrientation = capture.Laterality = None  # unknown: empty (Type 2 and 2C)
     capture.BurnedInAnnotation = "YES"

@@ -229,15 +229,26 @@ class DicomNode:
     def _work_loop(self) -> None:
         while not self._stopping.is_set():
             waiting = self._wait_for_files(self.incoming, self._work)
-            if waiting:
+            if not waiting:
+                continue
+            try:
                 self.analyse(waiting[0])
+            except OSError as error:  # a full disk: the image stays in incoming/ for the next try
+                log.error("%s: cannot queue its results (%s); tried again in %g s", self._label(waiting[0]),
+                          error.strerror or type(error).__name__, self.settings.retry_seconds)
+                self._stopping.wait(self.settings.retry_seconds)
+
+    @staticmethod
+    def _label(path: Path) -> str:
+        """How log lines name a received image: by its running number, never by its header."""
+        return f"image {int(path.stem.rsplit('-', 1)[-1])}" if "-" in path.stem else path.stem
 
     def analyse(self, path: Path) -> None:
         """Runs the model on one received image, queues its report and capture, then deletes the image.
 
         An image that cannot be used gets one line (its number and the reason) and is deleted too.
         """
-        label = f"image {int(path.stem.rsplit('-', 1)[-1])}" if "-" in path.stem else path.stem
+        label = self._label(path)
         result, scan = analyse_image(self.detector, label, lambda: read_scan(path), self.score_threshold,
                                      self.settings.frames)
         if scan is None:
@@ -267,7 +278,10 @@ class DicomNode:
             waiting = self._wait_for_files(self.outbox, self._results)
             if not waiting:
                 continue
-            reason = self.send(waiting)
+            try:
+                reason = self.send(waiting)
+            except Exception as error:  # noqa: BLE001 - the sender must outlive any one failed send
+                reason = f"sending failed ({type(error).__name__})"
             if reason is None:
                 if failures:
                     log.info("%s reachable again", self.settings.destination)

@@ -183,6 +183,20 @@ def test_a_stop_keeps_the_queue_and_the_next_start_sends_it(tmp_path):
         sink.stop()
 
 
+def test_a_full_disk_keeps_the_image_for_the_next_try(node, sink, monkeypatch, caplog):
+    queue, failures = node._queue, []
+
+    def fail_once(datasets):
+        if not failures:
+            failures.append(1)
+            raise OSError(28, "No space left on device")
+        queue(datasets)
+    monkeypatch.setattr(node, "_queue", fail_once)
+    assert send(node.settings.port, ultrasound()) == (True, 0x0000)
+    wait_for(lambda: len(sink.received) == 2, "the results, on the second try")
+    assert "image 1: cannot queue its results (No space left on device); tried again in 0.2 s" in caplog.messages
+
+
 def test_a_store_while_stopping_is_refused_so_the_sender_keeps_it(node):
     node._stopping.set()
     assert send(node.settings.port, ultrasound()) == (True, 0xA700)

@@ -124,9 +124,16 @@ def box_polyline(box: Box) -> np.ndarray:
 
 
 def _uid(*parts) -> str:
-    """A UID derived from ``parts``: the same input, model and threshold give the same objects,
+    """A UID derived from ``parts``: the same input, model and findings give the same objects,
     so a result sent twice replaces itself in the PACS instead of doubling."""
     return generate_uid(entropy_srcs=["busdet", *map(str, parts)])
+
+
+def _findings_key(result: ImageResult) -> str:
+    """What the objects show, as text: the threshold and every box held (frame, pixels, label, score)."""
+    boxes = [(frame, box_to_pixel_xywh(box), box.label, round(float(box.score), 4))
+             for frame, box in held_boxes(result)]
+    return f"{result.score_threshold} {result.key_frame} {boxes}"
 
 
 def _measurement_group(number: int, frame: Optional[int], box: Box, result: ImageResult, source: Dataset,
@@ -193,7 +200,7 @@ def build_report(result: ImageResult, source: Dataset, info: Mapping) -> hd.sr.C
     document = hd.sr.ComprehensiveSR(
         evidence=[source], content=report[0], series_instance_uid=_uid(source.StudyInstanceUID, "sr", version),
         series_number=series_number, sop_instance_uid=_uid(source.SOPInstanceUID, "sr", version,
-                                                           result.score_threshold, len(groups)),
+                                                           _findings_key(result)),
         instance_number=1, manufacturer=MANUFACTURER, is_complete=True, series_description=description,
         **_made_here())
     return document
@@ -222,13 +229,13 @@ def build_capture(result: ImageResult, scan: Scan, source: Dataset, info: Mappin
         coordinate_system="PATIENT", patient_orientation=("L", "F"),
         study_instance_uid=source.StudyInstanceUID, series_instance_uid=_uid(source.StudyInstanceUID, "sc", version),
         series_number=series_number, instance_number=1, manufacturer=MANUFACTURER,
-        sop_instance_uid=_uid(source.SOPInstanceUID, "sc", version, result.score_threshold, result.key_frame),
+        sop_instance_uid=_uid(source.SOPInstanceUID, "sc", version, _findings_key(result)),
         transfer_syntax_uid=ExplicitVRLittleEndian, series_description=description,
         **_made_here(),
         **{name: _value(source, keyword) for name, keyword in _SC_IDENTIFIERS})
     capture.PatientOrientation = capture.Laterality = None  # unknown: empty (Type 2 and 2C)
     capture.BurnedInAnnotation = "YES"
-    capture.ImageComments = RESEARCH_STATEMENT[:10240]
+    capture.ImageComments = RESEARCH_STATEMENT
     capture.DerivationDescription = f"{ALGORITHM_NAME} {version}: boxes drawn on frame " \
                                     f"{result.key_frame or 1} of the source image"
     capture.SourceImageSequence = [_image_reference(source, result.key_frame)]

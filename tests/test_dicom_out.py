@@ -8,6 +8,7 @@ BUSDET_REQUIRE_DICOM_TOOLS, so that there it fails instead of skipping.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -221,3 +222,17 @@ def test_page_offers_the_report_and_capture_predict_py_writes(predicted, tmp_pat
             written = pydicom.dcmread(pacs / f"{name}{suffix}")
             assert pydicom.dcmread(tmp_path / file_name).SOPInstanceUID == written.SOPInstanceUID
         assert report_rows(tmp_path / f"{name[:-4]}.sr.dcm") == report_rows(pacs / f"{name}.sr.dcm")
+
+
+def test_names_in_another_character_set_come_back_as_written(tmp_path):
+    dataset = phantom_dicom(generate_phantom(1, "benign", width=200, height=150).image)
+    dataset.SpecificCharacterSet, dataset.PatientName = "ISO_IR 100", "Müller^Jürgen"
+    write_dicom(tmp_path / "latin1.dcm", dataset)
+    assert "Müller".encode("latin-1") in (tmp_path / "latin1.dcm").read_bytes()
+    from busdet.results import analyse_image
+    from busdet.scans import read_scan
+
+    result, scan = analyse_image(fake_detector(), "latin1.dcm", lambda: read_scan(tmp_path / "latin1.dcm"), 0.5)
+    for made in dicom_out.build_dicom_results(result, scan, dicom_out.read_source(tmp_path / "latin1.dcm"), {}):
+        again = pydicom.dcmread(io.BytesIO(dicom_out.dicom_bytes(made)))
+        assert again.SpecificCharacterSet == "ISO_IR 192" and str(again.PatientName) == "Müller^Jürgen"

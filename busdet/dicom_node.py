@@ -184,9 +184,10 @@ class DicomNode:
     def _on_accepted(self, event) -> None:
         """One line when an association proposed ultrasound in a transfer syntax not read, or nothing
         the node accepts. (A PACS proposes every storage class at once: those refusals are normal.)"""
-        refused = event.assoc.rejected_contexts
-        worth_saying = [cx for cx in refused if cx.abstract_syntax in ULTRASOUND_CLASSES] or \
-            (refused if not event.assoc.accepted_contexts else [])
+        refused, accepted = event.assoc.rejected_contexts, event.assoc.accepted_contexts
+        taken = {cx.abstract_syntax for cx in accepted}
+        worth_saying = [cx for cx in refused if cx.abstract_syntax in ULTRASOUND_CLASSES
+                        and cx.abstract_syntax not in taken] or (refused if not accepted else [])
         if worth_saying:
             names = sorted({f"{pydicom.uid.UID(cx.abstract_syntax).name} ({REFUSALS.get(cx.result, cx.result)})"
                             for cx in worth_saying})

@@ -18,7 +18,9 @@ import streamlit as st
 
 from busdet import inference, scans
 from busdet.about import LIMITS_MARKDOWN, model_markdown, recorded_test_metrics, training_data_markdown
-from busdet.downloads import image_downloads, results_zip
+from busdet.dicom import has_dicom_preamble
+from busdet.dicom_out import DicomOutError
+from busdet.downloads import dicom_downloads, image_downloads, results_zip
 from busdet.drawing import draw_boxes
 from busdet.images import IMAGE_EXTENSIONS
 from busdet.results import ImageResult, analyse_image, finding_line, result_finding_line
@@ -111,7 +113,21 @@ def frame_ui(result: ImageResult, key: str):
                                  f"{result.key_frame}.")
 
 
-def image_result_ui(result: ImageResult, scan, key: str) -> None:
+def dicom_downloads_ui(result: ImageResult, scan, data: bytes, info: dict) -> list:
+    """A DICOM upload's report and annotated image for a PACS (none for other files), and what they carry."""
+    if not has_dicom_preamble(data):
+        return []
+    try:
+        files = dicom_downloads(result, scan, data, info)
+    except DicomOutError as error:
+        st.caption(f"No DICOM report for this file: {error}.")
+        return []
+    st.caption("The DICOM report and annotated image carry this file's patient and study identifiers, so that "
+               "a PACS can file them in its study; the other downloads carry none.")
+    return files
+
+
+def image_result_ui(result: ImageResult, scan, key: str, data: bytes, info: dict) -> None:
     """Finding, original beside annotated (a loop: the frame chosen), box table and the downloads of one file."""
     st.text(result.filename)
     st.markdown(f"**{result_finding_line(result)}**")
@@ -126,22 +142,22 @@ def image_result_ui(result: ImageResult, scan, key: str) -> None:
     original.image(image, caption="Original", output_format="PNG")
     annotated.image(draw_boxes(image, boxes), caption="Detections", output_format="PNG")
     st.dataframe(boxes_table(result, frame), hide_index=True)
-    downloads = image_downloads(result, scan)
+    downloads = image_downloads(result, scan) + dicom_downloads_ui(result, scan, data, info)
     for column, (label, file_name, mime, build) in zip(st.columns(len(downloads)), downloads):
         column.download_button(label, build, file_name, mime, key=f"{label}-{key}", on_click="ignore")
 
 
-def batch_ui(results, pixels) -> None:
+def batch_ui(results, pixels, uploads, info: dict) -> None:
     """Several images: a sortable summary first, one ZIP, then each image in an expander."""
     summary = summary_table(results)
     summary.index = pd.RangeIndex(1, len(summary) + 1, name="image")
     st.dataframe(summary)
     st.download_button("All results (ZIP)", lambda: results_zip(results, pixels), "busdet_results.zip",
                        "application/zip", key="zip", on_click="ignore")
-    for number, (result, image) in enumerate(zip(results, pixels), start=1):
+    for number, (result, image, (_, data)) in enumerate(zip(results, pixels, uploads), start=1):
         if result.ok:
             with st.expander(f"Image {number}: {result_finding_line(result)}"):
-                image_result_ui(result, image, key=str(number))
+                image_result_ui(result, image, str(number), data, info)
 
 
 def main() -> None:
@@ -170,9 +186,9 @@ def main() -> None:
         st.error("This file could not be read and was skipped; the other files still run:")
         st.text(failed.message)
     if len(results) > 1:
-        batch_ui(results, pixels)
+        batch_ui(results, pixels, inputs, detector.info)
     elif results[0].ok:
-        image_result_ui(results[0], pixels[0], key="single")
+        image_result_ui(results[0], pixels[0], "single", inputs[0][1], detector.info)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,15 @@ the file's ultrasound region when it names one. The folder also gets:
   images.csv       one row per file: size, number of boxes, top label and score,
                    status (ok or error), the error message, frames and key frame (loops)
 
+With --dicom-out DIR, every DICOM input also gets NAME.sr.dcm (a DICOM Structured
+Report, TID 1500: one measurement group per box, referencing the source image)
+and NAME.sc.dcm (the annotated key frame as a Secondary Capture, in a new series
+of the source's study), ready to send to a PACS. Unlike every other output these
+two carry the source's patient and study identifiers (a PACS files them by those).
+
 Other files are passed over, each named on stderr; hidden files are ignored.
-Nothing from a DICOM header but its geometry and frame count reaches any output.
+Apart from --dicom-out, nothing from a DICOM header but its geometry and frame count
+reaches any output.
 A file that cannot be used (unreadable, a multi-page TIFF, a DICOM without an image
 or in another transfer syntax, ...) gets one stderr line and an error row, and the
 run goes on. The input folder is never written to, and existing outputs are kept
@@ -90,6 +97,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=Path("output"),
                         help="folder for the annotated copies and the two tables; must not be inside "
                              "--input (default: %(default)s)")
+    parser.add_argument("--dicom-out", type=Path, default=None, metavar="DIR",
+                        help="also write a DICOM Structured Report and an annotated Secondary Capture for every "
+                             "DICOM input into DIR (mirroring --input); these carry the source's patient and "
+                             "study identifiers; must not be inside --input")
     parser.add_argument("--recursive", action="store_true",
                         help="also read sub-folders, mirroring them in --output "
                              "(the filename column then holds the relative path)")
@@ -142,7 +153,8 @@ def main(args: argparse.Namespace) -> int:
     if args.ray_address is not None and args.engine != "ray":
         return fail("--ray-address needs --engine ray")
     try:
-        plan = batch.plan_batch(args.input, args.output, args.recursive, args.overwrite, args.resume)
+        plan = batch.plan_batch(args.input, args.output, args.recursive, args.overwrite, args.resume,
+                                args.dicom_out)
         start = time.perf_counter()
         detector = load_detector(args.model, args.label_map, args.runtime)
         load_seconds = time.perf_counter() - start

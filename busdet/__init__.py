@@ -9,6 +9,8 @@ thin command lines over it:
 - :mod:`busdet.images`       robust image reading and writing (PNG, MP4), the Scan every reader returns
 - :mod:`busdet.dicom`        DICOM frames as RGB, the ultrasound region and its mm per pixel, nothing else
 - :mod:`busdet.scans`        any input file (image or DICOM) as a Scan: what the page and the CLI read
+- :mod:`busdet.dicom_out`    results as DICOM for a PACS: a TID 1500 Structured Report, an annotated Secondary Capture
+- :mod:`busdet.dicom_node`   the DICOM node: ultrasound in by C-STORE, those results out, queued on disk
 - :mod:`busdet.annotations`  masks to boxes, the annotation CSV, the one COCO builder
 - :mod:`busdet.phantoms`     synthetic ultrasound-like images for tests and demos
 - :mod:`busdet.dicom_phantoms`  synthetic DICOM files (single frames, cine loops, fake PHI) from them

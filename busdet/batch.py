@@ -12,6 +12,8 @@ relative name (a DICOM file's gets ``.png`` added, and a cine loop's also an
 "no lesion" mark), one row in ``images.csv`` and one row per box (per frame of a
 loop) in ``predictions.csv`` (geometry as ``tools/mask_to_bbox.py`` writes it).
 A file that cannot be read gets an ``error`` row; the others are still done.
+With ``dicom_out``, every DICOM input also gets a Structured Report and an annotated
+Secondary Capture there (:mod:`busdet.dicom_out`; they carry the source's identifiers).
 The tables hold every finished image at all times (rewritten atomically every few
 seconds and at the end), so a killed run keeps the rows of the images it did.
 
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
+from busdet.dicom_out import DicomOutError, dicom_result_paths, read_source, write_dicom_results
 from busdet.downloads import annotated_frames, annotated_image
 from busdet.files import OutputError, check_writable_folder, write_csv
 from busdet.images import IMAGE_EXTENSIONS, Scan, is_image_file, write_image, write_video
@@ -62,7 +65,8 @@ class BatchPlan:
     """What a run will read and write, all decided before any work.
 
     ``images`` and ``skipped`` are paths relative to ``input_dir``. ``done`` holds the
-    records an earlier run finished (``--resume``), by index in ``images``.
+    records an earlier run finished (``--resume``), by index in ``images``. ``dicom_out``:
+    the folder for the DICOM inputs' reports and annotated captures (``--dicom-out``), or None.
     """
 
     input_dir: Path
@@ -72,6 +76,7 @@ class BatchPlan:
     overwrite: bool = False
     unsearched_folders: int = 0
     done: Dict[int, ImageResult] = field(default_factory=dict)
+    dicom_out: Optional[Path] = None
 
     @property
     def todo(self) -> List[int]:
@@ -85,7 +90,12 @@ class BatchPlan:
     def output_files(self, relative: Path) -> List[Path]:
         """Every file an input may get: its annotated copy, and an MP4 if it is DICOM (maybe a loop)."""
         copy = self.output_path(relative)
-        return [copy] if is_image_file(relative) else [copy, self.video_path(relative)]
+        return [copy] if is_image_file(relative) else [copy, self.video_path(relative), *self.dicom_paths(relative)]
+
+    def dicom_paths(self, relative: Path) -> List[Path]:
+        """The report and the annotated capture of a DICOM input (none without ``dicom_out``)."""
+        return [] if self.dicom_out is None or is_image_file(relative) else \
+            list(dicom_result_paths(self.dicom_out / relative))
 
     def video_path(self, relative: Path) -> Path:
         """The annotated MP4 of a cine loop: the DICOM file's name with ``.mp4`` added."""
@@ -177,11 +187,12 @@ def first_existing_output(plan: BatchPlan) -> Optional[Path]:
 
 
 def plan_batch(input_dir: Path, output_dir: Path, recursive: bool = False, overwrite: bool = False,
-               resume: bool = False) -> BatchPlan:
+               resume: bool = False, dicom_out: Optional[Path] = None) -> BatchPlan:
     """Lists the inputs and checks that the outputs are safe to write.
 
     ``resume``: continue an earlier run into the same output folder: the images it
     finished (see :func:`finished_earlier`) are not done again, the others' outputs are replaced.
+    ``dicom_out``: also write DICOM results there (checked like the output folder).
 
     Raises:
       BatchSetupError: the input is not a folder, the output is inside it or cannot
@@ -191,8 +202,11 @@ def plan_batch(input_dir: Path, output_dir: Path, recursive: bool = False, overw
     if not input_dir.is_dir():
         raise BatchSetupError(f"{input_dir}: input folder not found (expected a folder of images)")
     check_output_location(input_dir, output_dir)
+    if dicom_out is not None:
+        check_output_location(input_dir, Path(dicom_out))
     images, others, folders = list_inputs(input_dir, recursive)
-    plan = BatchPlan(input_dir, output_dir, images, others, overwrite, folders)
+    plan = BatchPlan(input_dir, output_dir, images, others, overwrite, folders,
+                     dicom_out=None if dicom_out is None else Path(dicom_out))
     if resume:
         return replace(plan, overwrite=True, done=finished_earlier(plan))
     existing = None if overwrite else first_existing_output(plan)
@@ -202,11 +216,16 @@ def plan_batch(input_dir: Path, output_dir: Path, recursive: bool = False, overw
     return plan
 
 
-def draw_and_write(scan: Scan, result: ImageResult, plan: BatchPlan, relative: Path) -> None:
-    """The annotated copy (a loop's key frame), and a loop's annotated MP4."""
+def draw_and_write(scan: Scan, result: ImageResult, plan: BatchPlan, relative: Path,
+                   model_info: Optional[dict] = None) -> None:
+    """The annotated copy (a loop's key frame), a loop's annotated MP4, and with ``plan.dicom_out`` a
+    DICOM input's report and capture (``model_info``: the model's ``model_info.json``, which they name)."""
     write_image(plan.output_path(relative), annotated_image(result, scan), overwrite=plan.overwrite)
     if result.frames:
         write_video(plan.video_path(relative), annotated_frames(result, scan), overwrite=plan.overwrite)
+    if plan.dicom_paths(relative):
+        write_dicom_results(result, scan, read_source(plan.input_dir / relative), model_info or {},
+                            plan.dicom_out / relative, overwrite=plan.overwrite)
 
 
 def finished_earlier(plan: BatchPlan) -> Dict[int, ImageResult]:
@@ -234,7 +253,9 @@ def finished_earlier(plan: BatchPlan) -> Dict[int, ImageResult]:
 
 
 def write_failed(result: ImageResult, error: BaseException) -> ImageResult:
-    """``result`` marked failed because its annotated copy could not be written."""
+    """``result`` marked failed because its annotated copy (or DICOM results) could not be written."""
+    if isinstance(error, DicomOutError):
+        return result.failed(f"no DICOM results: {error}")
     reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
     return result.failed(f"cannot write the annotated copy ({reason})")
 
@@ -299,7 +320,8 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
             if scan is None:
                 done[index] = _logged(result, plan.input_dir / relative)
             else:
-                writes[index] = (result, pool.submit(draw_and_write, scan, result, plan, relative))
+                writes[index] = (result, pool.submit(draw_and_write, scan, result, plan, relative,
+                                                          detector.info))
             _finish_writes(writes, done, plan, keep_pending=MAX_PENDING_WRITES)
             if time.perf_counter() - last_save >= TABLE_SAVE_SECONDS:
                 write_tables(result_so_far(plan, done, start), replace=saved)
@@ -368,6 +390,10 @@ def format_summary(result: BatchResult, load_seconds: float) -> str:
     if loops:
         lines.append(f"{len(loops)} cine loop(s): {sum(len(r.frames) for r in loops)} frames run "
                      f"({sum(r.seconds or 0.0 for r in loops):.1f} s of inference)")
+    if plan.dicom_out is not None:
+        reported = sum(1 for r in result.results if r.ok and plan.dicom_paths(Path(r.filename)))
+        lines.append(f"{reported} DICOM report(s) and annotated image(s) -> {plan.dicom_out} "
+                     "(these carry their sources' patient and study identifiers)")
     if plan.done:
         lines.append(f"{len(plan.done)} of them kept from the earlier run's tables (--resume)")
     if plan.unsearched_folders:

@@ -85,6 +85,8 @@ def _base_dataset(count: int, rows: int, columns: int, transfer_syntax: str) -> 
     sop_class = US_MULTIFRAME_STORAGE if count > 1 else US_STORAGE
     dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID = sop_class
     dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID = pydicom.uid.generate_uid()
+    # Every device export carries its study and series: a PACS files the results by them.
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
     dataset.Modality = "US"
     dataset.Rows, dataset.Columns = rows, columns
     dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 8, 8, 7, 0

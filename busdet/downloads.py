@@ -4,6 +4,7 @@
     predictions_json([result])              # one record per image, boxes as integer x, y, width, height
     annotated_mp4(result, scan)             # a cine loop: MP4 of the frames run, each with its boxes
     results_zip(results, scans)             # tables, JSON, annotated PNGs (and MP4s) of several files, one archive
+    dicom_downloads(result, scan, data, info)   # a DICOM upload's report (SR) and annotated capture (SC)
 
 The CSV tables come from :mod:`busdet.tables`, byte for byte what ``predict.py``
 writes. Nothing here touches the disk: the bytes go straight to the browser, so an
@@ -19,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from busdet.boxes import Box, box_to_pixel_xywh
+from busdet.dicom_out import build_capture, build_report, dicom_bytes, read_source
 from busdet.drawing import draw_boxes
 from busdet.files import json_text, safe_stem
 from busdet.images import Scan, as_scan, encode_mp4, encode_png
@@ -94,6 +96,21 @@ def image_downloads(result: ImageResult, image: Union[np.ndarray, Scan]) -> List
     if result.frames:
         files.append(("Annotated MP4", f"{stem}_annotated.mp4", "video/mp4", lambda: annotated_mp4(result, scan)))
     return files
+
+
+def dicom_downloads(result: ImageResult, scan: Scan, data: bytes, info: dict) -> List[Tuple[str, str, str,
+                                                                                Callable[[], bytes]]]:
+    """A DICOM upload's Structured Report and annotated Secondary Capture, as :func:`image_downloads` lists
+    files. Unlike every other download, they carry the upload's patient and study identifiers.
+
+    Raises:
+      busdet.dicom_out.DicomOutError: the upload lacks what a PACS needs to file them.
+    """
+    source, stem = read_source(data), safe_stem(result.filename)
+    return [("DICOM report (SR)", f"{stem}.sr.dcm", "application/dicom",
+             lambda: dicom_bytes(build_report(result, source, info))),
+            ("DICOM annotated image (SC)", f"{stem}.sc.dcm", "application/dicom",
+             lambda: dicom_bytes(build_capture(result, scan, source, info)))]
 
 
 def _unique_names(stems: Sequence[str], suffix: str) -> List[str]:

@@ -101,7 +101,7 @@ class Annotator:
         if scan is None:
             return result
         try:
-            batch.draw_and_write(scan, result, self.plan, Path(filename))
+            batch.draw_and_write(scan, result, self.plan, Path(filename), self.detector.info)
         except Exception as error:  # noqa: BLE001 - as locally: the image gets an error row, the run goes on
             return batch.write_failed(result, error)
         return result

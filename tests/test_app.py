@@ -333,7 +333,8 @@ def test_cine_upload_has_a_frame_slider_starting_on_the_most_suspicious_frame(fa
     assert slider.options == [str(n) for n in range(1, 13)] and slider.value == 7
     assert "Frame 7 of 12: suspicious for malignancy (0.80)" in [c.value for c in at.caption]
     assert at.dataframe[-1].value["label"].tolist() == ["malignant"]
-    assert [b.label for b in at.download_button] == ["Annotated PNG", "Boxes CSV", "Boxes JSON", "Annotated MP4"]
+    assert [b.label for b in at.download_button] == ["Annotated PNG", "Boxes CSV", "Boxes JSON", "Annotated MP4",
+                                                     "DICOM report (SR)", "DICOM annotated image (SC)"]
     slider.set_value(3).run()
     assert "Frame 3 of 12: benign-appearing lesion (0.75)" in [c.value for c in at.caption]
     assert at.dataframe[-1].value["label"].tolist() == ["benign"]
@@ -341,6 +342,20 @@ def test_cine_upload_has_a_frame_slider_starting_on_the_most_suspicious_frame(fa
     assert loop_detect.calls == 12, "moving the slider does not run the model"
     shown = page_text(at)
     assert not [value for value in FAKE_PHI.values() if len(value) > 3 and value in shown]
+def test_dicom_upload_without_a_study_is_told_why_it_gets_no_dicom_report(fake_model):
+    from busdet.dicom_phantoms import phantom_dicom
+    from busdet.phantoms import generate_phantom
+
+    dataset = phantom_dicom(generate_phantom(1, "benign", width=200, height=150).image, phi=True)
+    del dataset.StudyInstanceUID
+    at = run_app()
+    at.sidebar.file_uploader[0].set_value([("orphan.dcm", dicom_upload(dataset), "application/dicom")]).run()
+    press_detect(at)
+    assert [b.label for b in at.download_button] == ["Annotated PNG", "Boxes CSV", "Boxes JSON"]
+    assert ("No DICOM report for this file: the file has no StudyInstanceUID: a PACS could not file results "
+            "for it.") in [c.value for c in at.caption]
+
+
 # --- the runtime (issue 12) ---------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
     build_site("web/dist", "saved_model", "label_map.pbtxt")   # sources + runtime + model + site.json
     make_server("web/dist", port=8502).serve_forever()         # http://127.0.0.1:8502/
+    with serving("web/dist") as url: ...                       # a free port, in the background (tests)
 
 The page runs ``model.onnx`` with ONNX Runtime Web (WebAssembly) inside the
 visitor's browser: images are decoded, analysed and drawn there and never sent
@@ -17,13 +18,15 @@ columns), so the page cannot carry a second, hand-written copy of any of them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
 import logging
 import shutil
+import threading
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 from busdet import about, drawing, images, tables
 from busdet.files import write_json
@@ -174,3 +177,15 @@ def make_server(site_dir: str | Path, host: str = "127.0.0.1", port: int = DEFAU
     """A threading HTTP server for ``site_dir`` (not started; ``port=0`` picks a free one)."""
     handler = functools.partial(SiteRequestHandler, directory=str(site_dir))
     return http.server.ThreadingHTTPServer((host, port), handler)
+
+
+@contextlib.contextmanager
+def serving(site_dir: str | Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serves ``site_dir`` on a free port from a background thread for the block; yields its URL."""
+    server = make_server(site_dir, host, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()

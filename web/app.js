@@ -373,6 +373,7 @@ class Page {
       const file = this.queue[0];
       setStatus(`Analysing ${done + 1} of ${total}: ${file.name}`, done, total);
       this.records.push(await this.analyse(file));
+      document.body.dataset.analysed = String(this.records.length);
       this.queue.shift();
       done += 1;
       this.render();

@@ -376,7 +376,7 @@ class Page {
       document.body.dataset.analysed = String(this.records.length);
       this.queue.shift();
       done += 1;
-      this.render();
+      this.renderLast();
     }
     setStatus(`${this.records.length} file(s) analysed, in this browser.`, 1, 1, true);
     document.body.dataset.state = 'idle';
@@ -389,13 +389,26 @@ class Page {
     this.render();
   }
 
+  /** Everything again, at the current threshold (the model does not run). */
   render() {
+    this.renderErrors();
+    this.renderSummary();
+    $('results').replaceChildren(...this.records.map((record, i) => (record.error ? '' : this.resultNode(record, i + 1))));
+  }
+
+  /** The record just analysed: only its own image is drawn, so a long batch stays fast. */
+  renderLast() {
+    const record = this.records.at(-1);
+    this.renderErrors();
+    this.renderSummary();
+    if (!record.error) $('results').append(this.resultNode(record, this.records.length));
+  }
+
+  renderErrors() {
     const failed = this.records.filter((record) => record.error);
     $('errors').replaceChildren(...(failed.length ? [element('p', {
       textContent: 'These files could not be read and were skipped; the other files still run:' })] : []),
       ...failed.map((record) => element('div', { className: 'error', textContent: `${record.filename}: ${record.error}` })));
-    this.renderSummary();
-    $('results').replaceChildren(...this.records.map((record, i) => (record.error ? '' : this.resultNode(record, i + 1))));
   }
 
   renderSummary() {
@@ -513,7 +526,7 @@ async function main() {
     wireInputs(page);
     setStatus('Model ready: choose or drop images.', 1, 1, true);
     // For automation (tests, benchmark): the records and how often the model ran; read-only use.
-    window.busdet = { page, modelLoadSeconds: seconds };
+    window.busdet = { page, modelLoadSeconds: seconds, threads };
     document.body.dataset.state = 'idle';
   } catch (error) {
     setStatus(`The model could not be loaded: ${error.message || error}`, 0, 1, true);

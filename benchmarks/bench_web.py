@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -118,10 +119,14 @@ def predict_py_seconds(args, images_dir: Path, output_dir: Path) -> float:
 
 
 def measure(args, images_dir: Path, scratch: Path) -> dict:
+    """The figures of the module doc for the first ``--limit`` images of ``images_dir``."""
     from playwright.sync_api import sync_playwright
 
     plan = select_plan(images_dir, scratch / "out", args.limit)
-    paths = [plan.input_dir / relative for relative in plan.images]
+    selected = scratch / "selected"  # predict.py then runs on exactly these images (scratch copies)
+    selected.mkdir()
+    paths = [Path(shutil.copy2(plan.input_dir / relative, selected / f"{i:03d}_{relative.name}"))
+             for i, relative in enumerate(plan.images)]
     images = [read_image(path) for path in paths]
     start = time.perf_counter()
     detector = load_detector(args.model, args.label, "onnx")
@@ -138,7 +143,7 @@ def measure(args, images_dir: Path, scratch: Path) -> dict:
                 page_walls.append(wall / len(paths))
                 page_model += [r["seconds"] for r in records]
                 python_model += [timed_detect(detector, image)[1] for image in images]
-                predict_walls.append(predict_py_seconds(args, images_dir, scratch / "predict_out"))
+                predict_walls.append(predict_py_seconds(args, selected, scratch / "predict_out"))
         finally:
             page.close()
     ms = lambda seconds: round(float(seconds) * 1000, 1)  # noqa: E731

@@ -363,6 +363,7 @@ class Page {
 
   /** Queues files; one worker runs them in order (the session runs one image at a time). */
   async add(files) {
+    if (!files.length) return;
     const wasIdle = !this.queue.length;
     this.queue.push(...files);
     if (!wasIdle) return;

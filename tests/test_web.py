@@ -190,6 +190,7 @@ def test_page_finds_a_lesion_and_the_slider_filters_without_rerunning(open_page,
     page = view.page
     expect(page.locator("#notice")).to_contain_text("images never leave this computer")
     expect(page.locator("#about-text")).to_contain_text("doi:10.1016/j.dib.2019.104863")
+    assert page.evaluate("() => self.crossOriginIsolated && window.busdet.threads") == min(4, os.cpu_count())
     view.open_files([path])
     detections = detect(reference_detector, read_image(path))
     threshold = reference_detector.score_threshold
@@ -286,17 +287,39 @@ def boxes_match(page_box: dict, box) -> bool:
             and all(abs(a - b) <= BOX_TOLERANCE_PX for a, b in corners))
 
 
-def run_predict_py(folder: Path, output: Path) -> pd.DataFrame:
+def run_predict_py(folder: Path, output: Path) -> bytes:
+    """``predict.py --runtime onnx`` over ``folder``: its ``predictions.csv`` bytes."""
     command = [sys.executable, str(ROOT / "predict.py"), "--input", str(folder), "--output", str(output),
                "--runtime", "onnx", "--model", str(MODEL_DIR), "--label", str(ROOT / "label_map.pbtxt")]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr
-    return pd.read_csv(output / "predictions.csv", keep_default_na=False)
+    return (output / "predictions.csv").read_bytes()
+
+
+def assert_same_csv(page_bytes: bytes, cli_bytes: bytes) -> None:
+    """The same rows within the tolerances; every row whose numbers agree is the same text, byte for byte."""
+    read = lambda data: pd.read_csv(io.BytesIO(data), keep_default_na=False)  # noqa: E731
+    page, cli = read(page_bytes), read(cli_bytes)
+    assert list(page.columns) == list(cli.columns) == tables.PREDICTION_COLUMNS
+    assert len(page) == len(cli) > 0
+    cli["cli_score"] = cli["score"]
+    merged = pd.merge_asof(page.sort_values("score"), cli.sort_values("score"), on="score", by=["filename", "label"],
+                           direction="nearest", suffixes=("", "_cli"), tolerance=SCORE_TOLERANCE)
+    assert merged["cli_score"].notna().all(), merged
+    geometry = ["xmin", "ymin", "width", "height"]
+    for column in geometry:
+        assert (merged[column] - merged[f"{column}_cli"]).abs().max() <= BOX_TOLERANCE_PX, column
+    differing = (merged[geometry].to_numpy() != merged[[f"{c}_cli" for c in geometry]].to_numpy()).any(axis=1) \
+        | (merged["score"] != merged["cli_score"])
+    cli_lines = set(cli_bytes.decode().splitlines())
+    page_lines = page_bytes.decode().splitlines()
+    assert page_lines[0] == cli_bytes.decode().splitlines()[0]
+    assert sum(line not in cli_lines for line in page_lines[1:]) == differing.sum()
 
 
 def test_same_boxes_as_predict_py(open_page, tmp_path, reference_detector):
     paths = comparison_images(tmp_path / "in", BUSI_DIR)
-    expected_csv = run_predict_py(tmp_path / "in", tmp_path / "out")
+    cli_csv = run_predict_py(tmp_path / "in", tmp_path / "out")
     view = open_page()
     view.open_files(paths)
     records = {r["filename"]: r for r in view.records()}
@@ -309,16 +332,7 @@ def test_same_boxes_as_predict_py(open_page, tmp_path, reference_detector):
             assert any(boxes_match(p, box) for p in record["detections"]), f"{path.name}: page misses {box}"
         page_shown = [p for p in record["detections"] if p["score"] >= threshold]
         assert len(page_shown) == len(above_threshold(reference, threshold)), path.name
-    page_csv = pd.read_csv(io.BytesIO(view.download(view.page.locator("#summary"), "All boxes CSV")),
-                           keep_default_na=False)
-    assert list(page_csv.columns) == list(expected_csv.columns) == tables.PREDICTION_COLUMNS
-    assert len(page_csv) == len(expected_csv) > 0
-    merged = pd.merge_asof(page_csv.sort_values("score"), expected_csv.sort_values("score"), on="score",
-                           by=["filename", "label"], direction="nearest", suffixes=("", "_cli"),
-                           tolerance=SCORE_TOLERANCE)
-    assert merged["xmin_cli"].notna().all(), merged
-    for column in ("xmin", "ymin", "width", "height"):
-        assert (merged[column] - merged[f"{column}_cli"]).abs().max() <= BOX_TOLERANCE_PX, column
+    assert_same_csv(view.download(view.page.locator("#summary"), "All boxes CSV"), cli_csv)
     findings = view.page.locator("article.result .finding").all_text_contents()
     assert findings == [finding_line(above_threshold(detect(reference_detector, read_image(p)), threshold))
                         for p in paths]

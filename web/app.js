@@ -438,7 +438,7 @@ class Page {
       element('h2', { textContent: record.filename }),
       element('p', { className: 'finding', textContent: findingLine(shown) }),
       element('p', { className: 'caption', textContent: `${shown.length} box(es) at threshold `
-        + `${this.threshold.toFixed(2)}; inference ${record.seconds.toFixed(2)} s` }),
+        + `${this.threshold.toFixed(4)}; inference ${record.seconds.toFixed(2)} s` }),
       element('div', { className: 'images' }, [
         element('figure', {}, [original, element('figcaption', { textContent: 'Original' })]),
         element('figure', {}, [annotated, element('figcaption', { textContent: 'Detections' })])]),

@@ -189,12 +189,17 @@ def print_table(figures: dict) -> None:
         print(f"{name:<{width}}  " + "  ".join(f"{cell:>12}" for cell in cells))
 
 
+def image_folder(args: argparse.Namespace, scratch: Path) -> Path:
+    """``--images``, or ``--limit`` phantoms written into ``scratch/images``."""
+    if args.images is not None:
+        return args.images
+    write_phantoms(scratch / "images", args.limit)
+    return scratch / "images"
+
+
 def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as scratch:
-        images_dir = args.images
-        if images_dir is None:
-            images_dir = Path(scratch) / "images"
-            write_phantoms(images_dir, args.limit)
+        images_dir = image_folder(args, Path(scratch))
         if args.runtime == "both":
             figures = compare_runtimes(args, images_dir, Path(scratch))
             print_table(figures)

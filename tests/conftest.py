@@ -1,4 +1,4 @@
-"""Shared fixtures: the label map, the BUSI copy when present, a smoke-trained model."""
+"""Shared fixtures: the label map, the BUSI copy when present, a smoke-trained model, a browser."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUSI_DIR = ROOT.parent / "shared" / "busi" / "Dataset_BUSI_with_GT"
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless, and nothing that would reach out of the machine on its own.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 # Keep TensorFlow's start-up chatter out of test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -39,6 +44,27 @@ def smoke_model(tmp_path_factory) -> Path:
 
     work_dir = tmp_path_factory.mktemp("smoke")
     return train_smoke_model(work_dir, init=f"imagenet={write_random_mobilenet_weights(work_dir / 'weights.h5')}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's ``/usr/bin/chromium`` driven by Playwright's Python package (never a browser download).
+
+    CI (.ci/run) installs the browser and sets BUSDET_REQUIRE_BROWSER: there a
+    missing browser is a failure, not a skip that would hide an untested page.
+    """
+    required = os.environ.get("BUSDET_REQUIRE_BROWSER") == "1"
+    if not CHROMIUM.exists():
+        (pytest.fail if required else pytest.skip)(f"{CHROMIUM} not installed (apt-get install chromium)")
+    if required:
+        import playwright.sync_api  # noqa: F401  an ImportError fails the test
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (Python package only)")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
 
 
 @pytest.fixture

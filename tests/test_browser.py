@@ -26,10 +26,6 @@ from busdet.phantoms import generate_phantom
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-# Headless, and nothing that would reach out of the machine on its own.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 START_TIMEOUT_S = 120
 # The first page load imports TensorFlow and loads the model, slow on 2 busy cores.
 PAGE_TIMEOUT_MS = 180_000
@@ -56,16 +52,10 @@ def wait_until_healthy(url: str, server: subprocess.Popen, log_path: Path) -> No
 
 
 @pytest.fixture
-def app_url(smoke_model, label_map_path, tmp_path):
-    """``streamlit run app.py`` on a free loopback port with the smoke model; stopped afterwards."""
-    # CI (.ci/run) installs the browser and sets BUSDET_REQUIRE_BROWSER: there a
-    # missing browser is a failure, not a skip that would hide an untested page.
-    required = os.environ.get("BUSDET_REQUIRE_BROWSER") == "1"
-    if not CHROMIUM.exists():
-        (pytest.fail if required else pytest.skip)(f"{CHROMIUM} not installed (apt-get install chromium)")
-    if required:
-        import playwright.sync_api  # noqa: F401  an ImportError fails the test
-    pytest.importorskip("playwright.sync_api", reason="pip install playwright (Python package only)")
+def app_url(browser, smoke_model, label_map_path, tmp_path):
+    """``streamlit run app.py`` on a free loopback port with the smoke model; stopped afterwards.
+
+    Takes ``browser`` first, so that a missing browser skips (or fails) before any work."""
     port, log_path = free_port(), tmp_path / "streamlit.log"
     env = {**os.environ, "BUSDET_MODEL_DIR": str(smoke_model), "BUSDET_LABEL_MAP": str(label_map_path),
            "BUSDET_DEMO_DIR": str(tmp_path / "no_demos")}
@@ -86,31 +76,29 @@ def app_url(smoke_model, label_map_path, tmp_path):
             server.wait()
 
 
-def test_upload_detect_shows_annotated_image_and_table(app_url, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def test_upload_detect_shows_annotated_image_and_table(browser, app_url, tmp_path):
+    from playwright.sync_api import expect
 
     upload = tmp_path / "phantom_malignant.png"
     upload.write_bytes(encode_png(generate_phantom(seed=5, label="malignant").image))
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1366, "height": 900})
-            page.set_default_timeout(PAGE_TIMEOUT_MS)
-            page.goto(app_url)
-            page.locator("input[type=file]").set_input_files(str(upload))
-            detect = page.get_by_role("button", name="Detect")
-            expect(detect).to_be_enabled(timeout=PAGE_TIMEOUT_MS)
-            detect.click()
-            main = page.locator("[data-testid='stMain']")
-            expect(main.get_by_text("Detections", exact=True)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
-            expect(main.locator("[data-testid='stImage'] img")).to_have_count(2)
-            expect(main.locator("[data-testid='stDataFrame']")).to_be_visible()
-            expect(main.get_by_text("phantom_malignant.png", exact=True)).to_be_visible()
-            expect(main.get_by_role("button", name="Annotated PNG")).to_be_visible()
-            assert not page.locator("[data-testid='stException']").count()
-            for width, height in [(1366, 900), (1920, 1080)]:  # a laptop and a wide monitor
-                page.set_viewport_size({"width": width, "height": height})
-                page.screenshot(path=str(tmp_path / f"app_{width}x{height}.png"), full_page=True)
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    try:
+        page.set_default_timeout(PAGE_TIMEOUT_MS)
+        page.goto(app_url)
+        page.locator("input[type=file]").set_input_files(str(upload))
+        detect = page.get_by_role("button", name="Detect")
+        expect(detect).to_be_enabled(timeout=PAGE_TIMEOUT_MS)
+        detect.click()
+        main = page.locator("[data-testid='stMain']")
+        expect(main.get_by_text("Detections", exact=True)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+        expect(main.locator("[data-testid='stImage'] img")).to_have_count(2)
+        expect(main.locator("[data-testid='stDataFrame']")).to_be_visible()
+        expect(main.get_by_text("phantom_malignant.png", exact=True)).to_be_visible()
+        expect(main.get_by_role("button", name="Annotated PNG")).to_be_visible()
+        assert not page.locator("[data-testid='stException']").count()
+        for width, height in [(1366, 900), (1920, 1080)]:  # a laptop and a wide monitor
+            page.set_viewport_size({"width": width, "height": height})
+            page.screenshot(path=str(tmp_path / f"app_{width}x{height}.png"), full_page=True)
+    finally:
+        page.close()
     assert (tmp_path / "app_1366x900.png").stat().st_size > 0

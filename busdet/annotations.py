@@ -249,10 +249,9 @@ def annotations_to_frame(images: Iterable[AnnotatedImage], include_negatives: bo
             rows.append([image.filename, *box_to_pixel_xywh(box), box.label])
         if not image.boxes and include_negatives:
             rows.append([image.filename, None, None, None, None, image.label])
-    frame = pd.DataFrame(rows, columns=ANNOTATION_COLUMNS)
-    for column in ["xmin", "ymin", "width", "height"]:
-        frame[column] = frame[column].astype("Int64")
-    return frame
+    # Text stays ``object``: a file name need not be valid UTF-8 (see busdet.files).
+    return pd.DataFrame(rows, columns=ANNOTATION_COLUMNS, dtype=object).astype(
+        {column: "Int64" for column in ["xmin", "ymin", "width", "height"]})
 
 
 def image_label(row_labels: Sequence[str]) -> str:

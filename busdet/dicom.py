@@ -25,7 +25,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_voi_lut
 from pydicom.uid import UID
 
-from busdet.images import MAX_IMAGE_PIXELS, ImageReadError, Scan
+from busdet.files import open_regular
+from busdet.images import MAX_IMAGE_PIXELS, ImageReadError, Scan, open_input
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def is_dicom_file(path: Union[str, Path]) -> bool:
     if path.suffix.lower() in DICOM_EXTENSIONS:
         return True
     try:
-        with open(path, "rb") as stream:
+        with open_regular(path) as stream:  # a named pipe must not block the listing
             return has_dicom_preamble(stream.read(PREAMBLE_LENGTH + len(MAGIC)))
     except OSError:
         return False
@@ -85,14 +86,8 @@ def read_dicom(path: Union[str, Path]) -> Scan:
       ImageReadError: not DICOM, truncated, no pixel data, a transfer syntax or
         photometric interpretation not read, too many pixels.
     """
-    path = Path(path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise ImageReadError(str(path), "file is empty")
-    try:
-        with open(path, "rb") as stream:
-            return _read(stream, str(path))
-    except FileNotFoundError:
-        raise ImageReadError(str(path), "file not found") from None
+    with open_input(path) as stream:
+        return _read(stream, str(path))
 
 
 def decode_dicom(data: bytes, name: str = "<upload>") -> Scan:

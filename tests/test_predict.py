@@ -247,7 +247,7 @@ def test_bad_files_get_error_rows_and_the_rest_is_done(tmp_path, monkeypatch, ca
     assert rows.loc["truncated.png", "error"]
     for name in errors.index:  # one stderr line naming each file, with the reason
         assert any(name in message and rows.loc[name, "error"] in message for message in caplog.messages)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png", "images.csv", "predictions.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png", "images.csv", "predictions.csv", "run.json"]
 
 
 def test_decompression_bomb_past_the_pixel_limit(tmp_path, monkeypatch):
@@ -800,7 +800,7 @@ def test_no_header_field_but_geometry_reaches_any_output(tmp_path, monkeypatch, 
     assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out") == 1
     outputs_ = sorted(p for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert {p.name for p in outputs_} == {"loop.dcm.png", "loop.dcm.mp4", "single.dcm.png", "images.csv",
-                                          "predictions.csv"}
+                                          "predictions.csv", "run.json"}
     terminal = capsys.readouterr()
     texts = [p.read_bytes() for p in outputs_] + [
         "\n".join(caplog.messages).encode(), terminal.out.encode(), terminal.err.encode()]

@@ -26,6 +26,7 @@ from PIL import Image
 
 from busdet.boxes import Box, box_from_xywh, box_to_pixel_xywh, box_to_xywh
 from busdet.images import IMAGE_EXTENSIONS, ImageReadError, read_image
+from busdet.files import is_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,10 @@ def find_cases(dataset_dir: Path) -> Tuple[List[Case], List[Problem]]:
         images: Dict[str, Path] = {}
         masks: Dict[str, List[Tuple[int, Path]]] = {}
         for path in sorted(class_dir.iterdir()):
-            if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or path.is_dir():
+                continue
+            if not is_regular_file(path):  # a named pipe would block the reader
+                problems.append(Problem(path, "not a regular file (a named pipe, device or socket); not read"))
                 continue
             match = _MASK_STEM.match(path.stem)
             if match:

@@ -25,8 +25,8 @@ import pandas as pd
 from PIL import Image
 
 from busdet.boxes import Box, box_from_xywh, box_to_pixel_xywh, box_to_xywh
-from busdet.images import IMAGE_EXTENSIONS, ImageReadError, read_image
 from busdet.files import is_regular_file
+from busdet.images import IMAGE_EXTENSIONS, ImageReadError, read_image
 
 log = logging.getLogger(__name__)
 

@@ -518,5 +518,6 @@ def format_summary(result: BatchResult, load_seconds: float) -> str:
     if plan.unsearched_folders:
         lines.append(f"{plan.unsearched_folders} sub-folders not searched (use --recursive)")
     if result.interrupted:
-        lines.append(f"interrupted: {len(plan.images) - count} images not processed")
+        how = "stopped by SIGTERM" if result.terminated else "interrupted"
+        lines.append(f"{how}: {len(plan.images) - count} images not processed")
     return "\n".join(lines)

@@ -129,10 +129,11 @@ def read_results(predictions_path: Path, images_path: Path) -> List[ImageResult]
     images = _read_table(images_path, IMAGE_COLUMNS)
     predictions = _read_table(predictions_path, PREDICTION_COLUMNS) if Path(predictions_path).exists() \
         else pd.DataFrame(columns=PREDICTION_COLUMNS)
-    boxes = {name: tuple(box_from_xywh(*map(int, (r.xmin, r.ymin, r.width, r.height)), r.label, float(r.score))
-                         for r in rows.itertuples())
-             for name, rows in predictions.groupby("filename", sort=False)}
-    return [_result_from_row(row, boxes.get(row.filename, ())) for row in images.itertuples()]
+    boxes: dict = {}  # by file name; not pandas' groupby, which turns names into its string type
+    for r in predictions.itertuples():
+        boxes.setdefault(r.filename, []).append(
+            box_from_xywh(*map(int, (r.xmin, r.ymin, r.width, r.height)), r.label, float(r.score)))
+    return [_result_from_row(row, tuple(boxes.get(row.filename, ()))) for row in images.itertuples()]
 
 
 def _read_table(path: Path, columns: List[str]) -> pd.DataFrame:

@@ -25,8 +25,10 @@ Other files are passed over, each named on stderr; hidden files are ignored.
 Nothing from a DICOM header but its geometry and frame count reaches any output.
 A file that cannot be used (unreadable, a multi-page TIFF, a DICOM without an image
 or in another transfer syntax, ...) gets one stderr line and an error row, and the
-run goes on. The input folder is never written to, and existing outputs are kept
-unless --overwrite is given.
+run goes on. The input folder is never written to (links are resolved first),
+and existing outputs are kept unless --overwrite is given. Two inputs that would
+write one output (scan beside scan.png): the first listed keeps it, the other
+gets an error row naming both. Only regular files are opened.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ import logging
 import os
 import pickle
 import re
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, Optional
@@ -73,10 +75,17 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> 
                "configure_logging": False}
     if address is None:
         options.update(num_cpus=num_cpus, include_dashboard=False)
+    # ray.init installs its own SIGTERM handler (sys.exit, no tables): put busdet.cli's back, so that
+    # SIGTERM saves the tables as Ctrl-C does; run_batch's ray.shutdown() then stops what Ray started.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise RayEngineError(f"--ray-address {address}: cannot join the Ray cluster ({error})", 2) from None
+    finally:
+        if main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class Annotator:

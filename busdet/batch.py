@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from busdet.downloads import annotated_frames, annotated_image
-from busdet.cli import Terminated
+from busdet.cli import Terminated, signals_deferred
 from busdet.files import (FolderLockedError, OutputError, check_writable_folder, folder_lock, is_regular_file,
                           printable, write_csv, write_json)
 from busdet.images import IMAGE_EXTENSIONS, Scan, is_image_file, write_image, write_video
@@ -454,10 +454,11 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
         # copies already queued are finished, so that their rows can be kept.
         for read in reads.values():
             read.cancel()
-        _finish_writes(writes, done, plan, keep_pending=0)
-        pool.shutdown(wait=not interrupted, cancel_futures=True)
-        result = result_so_far(plan, done, start, interrupted, terminated)
-        write_tables(result, replace=saved)
+        with signals_deferred():  # a second Ctrl-C must not cut the last save short
+            _finish_writes(writes, done, plan, keep_pending=0)
+            pool.shutdown(wait=not interrupted, cancel_futures=True)
+            result = result_so_far(plan, done, start, interrupted, terminated)
+            write_tables(result, replace=saved)
     return result
 
 

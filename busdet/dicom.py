@@ -212,7 +212,7 @@ def find_geometry_problem(dataset: pydicom.Dataset, encapsulated: bool) -> Optio
         expected = native_pixel_bytes(dataset)
         if len(data) not in (expected, expected + expected % 2):
             return (f"DICOM pixel data holds {len(data):,} bytes but its header declares {geometry}, "
-                    f"{expected:,} bytes; header and pixels disagree, not read")
+                    f"{expected:,} bytes; header and pixels disagree (a file cut short, or a wrong header), not read")
         return None
     fragments = count_fragments(data)
     if fragments < frame_count_of(dataset):

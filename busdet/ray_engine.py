@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
 from busdet import batch  # noqa: E402
-from busdet.cli import Terminated  # noqa: E402
+from busdet.cli import Terminated, signals_deferred  # noqa: E402
 from busdet.files import printable  # noqa: E402
 from busdet.scans import read_scan  # noqa: E402
 from busdet.inference import Detector  # noqa: E402
@@ -167,7 +167,8 @@ def _run(load, plan: batch.BatchPlan, score_threshold: float, progress, frames: 
     except ray.exceptions.RayError as error:
         failure = error
     result = batch.result_so_far(plan, done, start, interrupted, terminated)
-    batch.write_tables(result, replace=saved)
+    with signals_deferred():  # a second Ctrl-C must not cut the last save short
+        batch.write_tables(result, replace=saved)
     if failure is not None:
         # Ray's messages run to pages and carry terminal colours: the first line, plain.
         reason = re.sub(r"\x1b\[[0-9;]*m", "", (str(failure).strip().splitlines() or [""])[0])

@@ -413,3 +413,20 @@ def test_dicom_geometry_mismatch_is_an_error_row_with_both_numbers(tmp_path, mon
     # Every line on stderr or in the log names its file: no bare pydicom warning.
     lines = caplog.messages + capsys.readouterr().err.splitlines()
     assert all(str(tmp_path / "in") in line for line in lines if "pixel data" in line.lower())
+
+
+def test_a_second_ctrl_c_during_the_last_save_does_not_cut_it_short(tmp_path, monkeypatch):
+    for name in ["a.png", "b.png", "c.png"]:
+        save(tmp_path / "in" / name, gray_ramp())
+    write_csv = batch.write_csv
+
+    def impatient_write(frame, path, **options):  # the user presses Ctrl-C again while the tables are written
+        os.kill(os.getpid(), signal.SIGINT)
+        write_csv(frame, path, **options)
+
+    monkeypatch.setattr(batch, "write_csv", impatient_write)
+    with pytest.raises(KeyboardInterrupt):  # raised once the save is done
+        run(monkeypatch, tmp_path / "in", tmp_path / "out", detector=fake_detector(interrupt_on_call=3))
+    assert table_names(tmp_path / "out") == ["a.png", "b.png"]
+    assert len(files.read_csv(tmp_path / "out" / "predictions.csv")) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back

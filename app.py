@@ -20,6 +20,7 @@ from busdet import inference, scans
 from busdet.about import LIMITS_MARKDOWN, MODEL_MARKDOWN, recorded_test_metrics, training_data_markdown
 from busdet.downloads import image_downloads, results_zip
 from busdet.drawing import draw_boxes
+from busdet.files import is_regular_file
 from busdet.images import IMAGE_EXTENSIONS
 from busdet.results import ImageResult, analyse_image, finding_line, result_finding_line
 from busdet.tables import boxes_table, summary_table
@@ -62,7 +63,7 @@ def inputs_ui():
                                             "(.dcm or no extension; single frames and cine loops)")
     if uploads:
         return [(upload.name, upload.getvalue()) for upload in uploads]
-    demos = sorted(DEMO_DIR.glob("*.png"))
+    demos = sorted(path for path in DEMO_DIR.glob("*.png") if is_regular_file(path))  # a pipe would block
     if not demos:
         st.sidebar.caption("No demo images in input/: upload an image to start.")
         return []

@@ -46,7 +46,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from busdet.downloads import annotated_frames, annotated_image
 from busdet.cli import Terminated, signals_deferred
 from busdet.files import (FolderLockedError, OutputError, check_writable_folder, folder_lock, is_regular_file,
-                          printable, write_csv, write_json)
+                          printable, read_text, write_csv, write_json)
 from busdet.images import IMAGE_EXTENSIONS, Scan, is_image_file, write_image, write_video
 from busdet.inference import Detector, compute_saved_model_digest
 from busdet.results import FrameChoice, ImageResult, analyse_image
@@ -332,7 +332,7 @@ def run_settings(detector: Detector, score_threshold: float, frames: FrameChoice
 def read_run_record(path: Path) -> Optional[dict]:
     """``run.json`` as written by :func:`write_tables`, or None when it is missing or not such a file."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(read_text(path))
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None

@@ -239,6 +239,12 @@ def open_regular(path: PathLike):
     return os.fdopen(descriptor, "rb")
 
 
+def read_text(path: PathLike) -> str:
+    """A regular file's UTF-8 text (:func:`open_regular`: a named pipe raises instead of blocking)."""
+    with open_regular(path) as stream:
+        return stream.read().decode("utf-8")
+
+
 def is_regular_file(path: PathLike) -> bool:
     """True for a regular file (or a link to one): what the tools read."""
     try:

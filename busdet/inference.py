@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from busdet.boxes import Box, boxes_from_normalized_yxyx
-from busdet.files import write_json
+from busdet.files import read_text, write_json
 from busdet.label_map import load_label_map
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def read_model_info(model_dir: str | Path) -> dict:
     if not path.exists():
         return {}
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(read_text(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:  # JSONDecodeError: cut short
         raise ModelLoadError(f"{path}: damaged ({error}); export the model again") from None
     if not isinstance(info, dict):

@@ -430,3 +430,21 @@ def test_a_second_ctrl_c_during_the_last_save_does_not_cut_it_short(tmp_path, mo
     assert table_names(tmp_path / "out") == ["a.png", "b.png"]
     assert len(files.read_csv(tmp_path / "out" / "predictions.csv")) == 2
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+
+
+def test_label_map_or_model_info_that_is_a_pipe_is_one_line_not_a_hang(tmp_path, capsys):
+    from test_predict import CLASSES, fake_model_dir
+
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    model = fake_model_dir(tmp_path / "model", CLASSES)
+    os.mkfifo(tmp_path / "labels.pbtxt")
+    args = predict.get_args_parser().parse_args(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                                                 "--model", str(model), "--label", str(tmp_path / "labels.pbtxt")])
+    assert run_with_deadline(lambda: predict.main(args)) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {tmp_path / 'labels.pbtxt'}: cannot read the label map (") and "not a regular file" in error
+    (model / "model_info.json").unlink()
+    os.mkfifo(model / "model_info.json")
+    args.label_map = ROOT / "label_map.pbtxt"
+    assert run_with_deadline(lambda: predict.main(args)) == 2
+    assert "model_info.json: damaged (" in capsys.readouterr().err

@@ -385,7 +385,8 @@ def start_records(plan: BatchPlan) -> Dict[int, ImageResult]:
     for relative in plan.skipped:
         path = plan.input_dir / relative
         log.warning("%s: passed over: %s", printable(path), skip_reason(path, plan.output_dir))
-    refused = {index: _logged(ImageResult(plan.images[index].as_posix(), error=reason), plan.input_dir / plan.images[index])
+    refused = {index: _logged(ImageResult(plan.images[index].as_posix(), error=reason),
+                              plan.input_dir / plan.images[index])
                for index, reason in plan.refused.items()}
     return {**plan.done, **refused}
 

@@ -371,7 +371,8 @@ def test_model_info_value_of_the_wrong_type_is_one_line_and_exit_2(tmp_path, cap
     args = predict.get_args_parser().parse_args(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                                                  "--model", str(model), "--label", str(label_map_path)])
     assert predict.main(args) == 2
-    assert capsys.readouterr().err == f"error: {model / 'model_info.json'}: damaged ({expected}); export the model again\n"
+    error = capsys.readouterr().err
+    assert error == f"error: {model / 'model_info.json'}: damaged ({expected}); export the model again\n"
     assert not (tmp_path / "out").exists()
 
 
@@ -442,7 +443,8 @@ def test_label_map_or_model_info_that_is_a_pipe_is_one_line_not_a_hang(tmp_path,
                                                  "--model", str(model), "--label", str(tmp_path / "labels.pbtxt")])
     assert run_with_deadline(lambda: predict.main(args)) == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"error: {tmp_path / 'labels.pbtxt'}: cannot read the label map (") and "not a regular file" in error
+    assert error.startswith(f"error: {tmp_path / 'labels.pbtxt'}: cannot read the label map (")
+    assert "not a regular file" in error
     (model / "model_info.json").unlink()
     os.mkfifo(model / "model_info.json")
     args.label_map = ROOT / "label_map.pbtxt"

@@ -247,7 +247,8 @@ def test_bad_files_get_error_rows_and_the_rest_is_done(tmp_path, monkeypatch, ca
     assert rows.loc["truncated.png", "error"]
     for name in errors.index:  # one stderr line naming each file, with the reason
         assert any(name in message and rows.loc[name, "error"] in message for message in caplog.messages)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png", "images.csv", "predictions.csv", "run.json"]
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["good.png", "images.csv", "predictions.csv", "run.json"]
 
 
 def test_decompression_bomb_past_the_pixel_limit(tmp_path, monkeypatch):

@@ -15,7 +15,8 @@ score outside [0, 1] or an empty file stops the run with the file, line and reas
 
 Exit status: 0 report written, 1 written but some gallery images were missing or
 unreadable (see stderr), 2 bad input (a bad row, predictions for images the
-annotations do not list, an output folder that cannot be written), 130 interrupted.
+annotations do not list, an output folder that cannot be written), 130 interrupted
+(143 when stopped by SIGTERM).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ stderr with the reason (among them a benign or malignant image whose masks hold 
 lesion region); everything else is still written.
 
 Exit status: 0 all files converted, 1 some files skipped (see stderr), 2 bad arguments
-(no class folders under --input, an --output that cannot be written), 130 interrupted.
+(no class folders under --input, an --output that cannot be written), 130 interrupted
+(143 when stopped by SIGTERM).
 """
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ def list_inputs(input_dir: Path, recursive: bool = False,
       (0 when recursive).
     """
     images, others, folders, seen = [], [], 0, set()
-    outputs = None if output_dir is None else os.path.realpath(output_dir)
+    outputs = _linked_outputs(input_dir, output_dir)
     for root, dirs, files in os.walk(input_dir, followlinks=recursive):
         real = os.path.realpath(root)
         if real in seen or _inside(real, outputs):
@@ -186,9 +186,19 @@ def list_inputs(input_dir: Path, recursive: bool = False,
     return images, others, folders
 
 
-def skip_reason(path: Path, output_dir: Optional[Path] = None) -> str:
+def _linked_outputs(input_dir: Optional[Path], output_dir: Optional[Path]) -> Optional[str]:
+    """The resolved output folder, which no input may link into; None when the input folder is itself
+    inside it (``--input out/sub --output out``: its outputs are then kept off the inputs by
+    :func:`find_output_conflicts`)."""
+    if output_dir is None or (input_dir is not None and _inside(os.path.realpath(input_dir),
+                                                                 os.path.realpath(output_dir))):
+        return None
+    return os.path.realpath(output_dir)
+
+
+def skip_reason(path: Path, output_dir: Optional[Path] = None, input_dir: Optional[Path] = None) -> str:
     """Why a listed path is passed over (see :func:`list_inputs`)."""
-    if output_dir is not None and _inside(os.path.realpath(path), os.path.realpath(output_dir)):
+    if _inside(os.path.realpath(path), _linked_outputs(input_dir, output_dir)):
         return "a link into the output folder; outputs are never read as inputs"
     if path.is_dir():
         return "a folder already read through another link; not read twice"
@@ -384,7 +394,7 @@ def start_records(plan: BatchPlan) -> Dict[int, ImageResult]:
     error rows; logs one line for each file passed over and each image refused."""
     for relative in plan.skipped:
         path = plan.input_dir / relative
-        log.warning("%s: passed over: %s", printable(path), skip_reason(path, plan.output_dir))
+        log.warning("%s: passed over: %s", printable(path), skip_reason(path, plan.output_dir, plan.input_dir))
     refused = {index: _logged(ImageResult(plan.images[index].as_posix(), error=reason),
                               plan.input_dir / plan.images[index])
                for index, reason in plan.refused.items()}

@@ -450,3 +450,12 @@ def test_label_map_or_model_info_that_is_a_pipe_is_one_line_not_a_hang(tmp_path,
     args.label_map = ROOT / "label_map.pbtxt"
     assert run_with_deadline(lambda: predict.main(args)) == 2
     assert "model_info.json: damaged (" in capsys.readouterr().err
+
+
+def test_an_input_folder_inside_the_output_folder_is_still_read(tmp_path, monkeypatch):
+    """Only links are refused: --input out/scans --output out is a layout, not a link into the outputs."""
+    save(tmp_path / "out" / "scans" / "scan.png", gray_ramp())
+    before = folder_hashes(tmp_path / "out" / "scans")
+    assert run(monkeypatch, tmp_path / "out" / "scans", tmp_path / "out") == 0
+    assert table_names(tmp_path / "out") == ["scan.png"]
+    assert folder_hashes(tmp_path / "out" / "scans") == before

@@ -28,7 +28,6 @@ file, and a killed writer leaves no temporary file either (Linux).
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import fcntl
 import io

@@ -23,7 +23,7 @@ import predict
 from busdet import batch, cli, files
 from busdet.dicom_phantoms import phantom_dicom, write_dicom
 from busdet.tables import read_results
-from test_predict import ROOT, fake_detector, folder_hashes, gray_ramp, read_tables, run_cli, save
+from test_predict import ROOT, fake_detector, folder_hashes, gray_ramp, run_cli, save
 
 LATIN1_NAME = os.fsdecode(b"caf\xe9.png")  # bytes of another system's encoding: not UTF-8
 

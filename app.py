@@ -22,6 +22,7 @@ from busdet.dicom import has_dicom_preamble
 from busdet.dicom_out import DicomOutError
 from busdet.downloads import dicom_downloads, image_downloads, results_zip
 from busdet.drawing import draw_boxes
+from busdet.files import is_regular_file
 from busdet.images import IMAGE_EXTENSIONS
 from busdet.results import ImageResult, analyse_image, finding_line, result_finding_line
 from busdet.tables import boxes_table, summary_table
@@ -64,7 +65,7 @@ def inputs_ui():
                                             "(.dcm or no extension; single frames and cine loops)")
     if uploads:
         return [(upload.name, upload.getvalue()) for upload in uploads]
-    demos = sorted(DEMO_DIR.glob("*.png"))
+    demos = sorted(path for path in DEMO_DIR.glob("*.png") if is_regular_file(path))  # a pipe would block
     if not demos:
         st.sidebar.caption("No demo images in input/: upload an image to start.")
         return []

@@ -32,15 +32,16 @@ Apart from --dicom-out, nothing from a DICOM header but its geometry and frame c
 reaches any output.
 A file that cannot be used (unreadable, a multi-page TIFF, a DICOM without an image
 or in another transfer syntax, ...) gets one stderr line and an error row, and the
-run goes on. The input folder is never written to, and existing outputs are kept
-unless --overwrite is given.
+run goes on. The input folder is never written to (links are resolved first),
+and existing outputs are kept unless --overwrite is given. Two inputs that would
+write one output (scan beside scan.png): the first listed keeps it, the other
+gets an error row naming both. Only regular files are opened.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import logging
 import os
 import sys
 import time
@@ -54,7 +55,7 @@ from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from busdet import batch  # noqa: E402
-from busdet.cli import run_command  # noqa: E402
+from busdet import cli  # noqa: E402
 from busdet.inference import (DEFAULT_SCORE_THRESHOLD, RUNTIMES, ModelLoadError, describe_runtime,  # noqa: E402
                               load_detector)
 
@@ -62,12 +63,17 @@ EPILOG = """exit status:
   0    every image was processed
   1    some images could not be read or written (their rows in images.csv say why),
        or a table could not be written
-  2    bad arguments; missing, damaged or mismatched model or label map; --runtime onnx
-       with a missing or stale model.onnx; unsafe or read-only output folder (nothing was done)
+  2    bad arguments; missing, damaged or mismatched model or label map (or a model_info.json
+       value of the wrong type); --runtime onnx with a missing or stale model.onnx; unsafe or
+       read-only output folder; another run writing into --output; --resume over tables made
+       with another model, threshold, runtime or --frames (nothing was done)
   130  interrupted with Ctrl-C (the tables hold the images finished so far)
+  143  stopped by SIGTERM (kill, systemd, Docker, a batch scheduler): the same as Ctrl-C
 
 predictions.csv and images.csv are saved every few seconds during the run, so even a
-killed run leaves the rows of the images it finished; --resume continues such a run.
+killed run (SIGKILL, power cut) leaves the rows of the images it finished, and Ctrl-C or
+SIGTERM saves every one finished; --resume continues such a run. run.json beside them
+records the model (digest, checkpoint), runtime, threshold and --frames that made them.
 With --engine ray, exit status 1 also means the Ray run stopped (a node lost), and 2
 that the cluster could not be joined.
 """
@@ -131,7 +137,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "from this SavedModel, else tensorflow (default: %(default)s)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an earlier run into the same --output: images with an ok row in its "
-                             "tables are kept, the others (error rows and DICOM files too) are done again")
+                             "tables are kept, the others (error rows and DICOM files too) are done again; "
+                             "refused when its run.json names another model, runtime, threshold or --frames")
+    parser.add_argument("--resume-anyway", action="store_true",
+                        help="--resume even when the settings differ: the tables then mix the two runs' rows, "
+                             "and run.json keeps the earlier settings under earlier_runs")
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
                         help="local: this process (default); ray: a pool of model actors on Ray, the same "
                              "outputs (paths must be the same on every node; see docs/scaling.md)")
@@ -142,16 +152,26 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    cli.say(f"error: {message}")
     return 2
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    cli.configure_logging()
+    args.resume = args.resume or args.resume_anyway
     if args.resume and args.overwrite:
         return fail("--resume keeps an earlier run's rows, --overwrite replaces them: give one")
     if args.ray_address is not None and args.engine != "ray":
         return fail("--ray-address needs --engine ray")
+    try:
+        with batch.output_lock(args.input, args.output):  # one run per output folder, until the tables are saved
+            return run(args)
+    except batch.BatchSetupError as error:
+        return fail(str(error))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Plans, loads the model, runs the batch and reports; the caller holds the output folder."""
     try:
         plan = batch.plan_batch(args.input, args.output, args.recursive, args.overwrite, args.resume,
                                 args.dicom_out)
@@ -165,8 +185,12 @@ def main(args: argparse.Namespace) -> int:
         return fail(f"--height {args.height} --width {args.width} do not match the model: {args.model} was "
                     f"exported for {height}x{width} (height x width); run with --height {height} --width {width}")
     threshold = detector.score_threshold if args.score_threshold is None else args.score_threshold
-    print(f"{len(plan.images)} images in {args.input}, score threshold {threshold:g}", file=sys.stderr)
-    print(f"runtime: {describe_runtime(detector)}", file=sys.stderr)
+    try:
+        plan = batch.with_settings(plan, batch.run_settings(detector, threshold, args.frames), args.resume_anyway)
+    except batch.BatchSetupError as error:
+        return fail(str(error))
+    cli.say(f"{len(plan.images)} images in {args.input}, score threshold {threshold:g}")
+    cli.say(f"runtime: {describe_runtime(detector)}")
     progress = functools.partial(tqdm, desc="predict", unit="img", file=sys.stderr)
     with logging_redirect_tqdm():
         if args.engine == "ray":
@@ -176,15 +200,15 @@ def main(args: argparse.Namespace) -> int:
                 load = functools.partial(load_detector, args.model.resolve(), args.label_map.resolve(), args.runtime)
                 result = ray_engine.run_batch(load, plan, threshold, args.ray_address, progress, frames=args.frames)
             except ray_engine.RayEngineError as error:
-                print(f"error: {error}", file=sys.stderr)
+                cli.say(f"error: {error}")
                 return error.status
         else:
             result = batch.run_batch(detector, plan, threshold, progress=progress, frames=args.frames)
     print(batch.format_summary(result, load_seconds), file=sys.stderr)
     if result.interrupted:
-        return 130
+        return cli.TERMINATED if result.terminated else cli.INTERRUPTED
     return 1 if result.failures else 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(main, get_args_parser()))
+    sys.exit(cli.run_command(main, get_args_parser()))

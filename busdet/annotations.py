@@ -25,6 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from busdet.boxes import Box, box_from_xywh, box_to_pixel_xywh, box_to_xywh
+from busdet.files import is_regular_file
 from busdet.images import IMAGE_EXTENSIONS, ImageReadError, read_image
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,10 @@ def find_cases(dataset_dir: Path) -> Tuple[List[Case], List[Problem]]:
         images: Dict[str, Path] = {}
         masks: Dict[str, List[Tuple[int, Path]]] = {}
         for path in sorted(class_dir.iterdir()):
-            if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or path.is_dir():
+                continue
+            if not is_regular_file(path):  # a named pipe would block the reader
+                problems.append(Problem(path, "not a regular file (a named pipe, device or socket); not read"))
                 continue
             match = _MASK_STEM.match(path.stem)
             if match:
@@ -249,10 +253,9 @@ def annotations_to_frame(images: Iterable[AnnotatedImage], include_negatives: bo
             rows.append([image.filename, *box_to_pixel_xywh(box), box.label])
         if not image.boxes and include_negatives:
             rows.append([image.filename, None, None, None, None, image.label])
-    frame = pd.DataFrame(rows, columns=ANNOTATION_COLUMNS)
-    for column in ["xmin", "ymin", "width", "height"]:
-        frame[column] = frame[column].astype("Int64")
-    return frame
+    # Text stays ``object``: a file name need not be valid UTF-8 (see busdet.files).
+    return pd.DataFrame(rows, columns=ANNOTATION_COLUMNS, dtype=object).astype(
+        {column: "Int64" for column in ["xmin", "ymin", "width", "height"]})
 
 
 def image_label(row_labels: Sequence[str]) -> str:

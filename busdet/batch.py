@@ -16,6 +16,15 @@ With ``dicom_out``, every DICOM input also gets a Structured Report and an annot
 Secondary Capture there (:mod:`busdet.dicom_out`; they carry the source's identifiers).
 The tables hold every finished image at all times (rewritten atomically every few
 seconds and at the end), so a killed run keeps the rows of the images it did.
+``run.json`` beside them records what made them (model digest, threshold,
+runtime, frames), so that ``--resume`` can refuse to mix two runs' rows.
+
+Everything that can go wrong with names is decided when the run is planned,
+before any work: two inputs whose outputs would be one file (``scan`` beside
+``scan.png``, ``a.dcm`` beside ``a.dcm.png``) leave the first input (in listing
+order) its output and give the other an error row naming both; an output that
+would land in the input tree through a link gives an error row; an input that is
+a link into the output folder is passed over. Only regular files are read.
 
 Reading the next images and drawing/writing finished ones run in a small thread
 pool while the calling thread runs the model, one image at a time and in order
@@ -25,6 +34,8 @@ really overlaps; batching does not speed the network up on CPU).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import statistics
@@ -32,13 +43,15 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from busdet.dicom_out import DicomOutError, dicom_result_paths, read_source, write_dicom_results
 from busdet.downloads import annotated_frames, annotated_image
-from busdet.files import OutputError, check_writable_folder, write_csv
+from busdet.cli import Terminated, signals_deferred
+from busdet.files import (FolderLockedError, OutputError, check_writable_folder, folder_lock, is_regular_file,
+                          printable, read_text, write_csv, write_json)
 from busdet.images import IMAGE_EXTENSIONS, Scan, is_image_file, write_image, write_video
-from busdet.inference import Detector
+from busdet.inference import Detector, compute_saved_model_digest
 from busdet.results import FrameChoice, ImageResult, analyse_image
 from busdet.scans import is_input_file, read_scan
 from busdet.tables import images_table, predictions_table, read_results
@@ -47,6 +60,9 @@ log = logging.getLogger(__name__)
 
 PREDICTIONS_CSV = "predictions.csv"
 IMAGES_CSV = "images.csv"
+RUN_FILE = "run.json"
+# The settings in run.json that change the rows; --resume refuses to mix runs that differ in one.
+RUN_SETTINGS = ("model_sha256", "runtime", "score_threshold", "frames")
 # Images decoded ahead of the model, and annotated copies waiting to be written:
 # enough to keep the model busy, few enough to bound memory on large frames.
 READ_AHEAD = 3
@@ -65,8 +81,11 @@ class BatchPlan:
     """What a run will read and write, all decided before any work.
 
     ``images`` and ``skipped`` are paths relative to ``input_dir``. ``done`` holds the
-    records an earlier run finished (``--resume``), by index in ``images``. ``dicom_out``:
-    the folder for the DICOM inputs' reports and annotated captures (``--dicom-out``), or None.
+    records an earlier run finished (``--resume``), by index in ``images``; ``refused``
+    the reason, by index, of the images whose outputs cannot be written safely (not
+    read; see :func:`find_output_conflicts`). ``settings`` is what ``run.json`` records
+    (:func:`with_settings`); None writes no ``run.json``. ``dicom_out``: the folder for
+    the DICOM inputs' reports and annotated captures (``--dicom-out``), or None.
     """
 
     input_dir: Path
@@ -76,12 +95,15 @@ class BatchPlan:
     overwrite: bool = False
     unsearched_folders: int = 0
     done: Dict[int, ImageResult] = field(default_factory=dict)
+    refused: Dict[int, str] = field(default_factory=dict)
+    resume: bool = False
+    settings: Optional[dict] = None
     dicom_out: Optional[Path] = None
 
     @property
     def todo(self) -> List[int]:
         """Indices in ``images`` of the images still to do, in input order."""
-        return [index for index in range(len(self.images)) if index not in self.done]
+        return [index for index in range(len(self.images)) if index not in self.done and index not in self.refused]
 
     def output_path(self, relative: Path) -> Path:
         """The annotated copy: the same relative name, with ``.png`` added to a DICOM file's."""
@@ -105,6 +127,10 @@ class BatchPlan:
     def tables(self) -> List[Path]:
         return [self.output_dir / PREDICTIONS_CSV, self.output_dir / IMAGES_CSV]
 
+    @property
+    def run_file(self) -> Path:
+        return self.output_dir / RUN_FILE
+
 
 @dataclass
 class BatchResult:
@@ -114,6 +140,7 @@ class BatchResult:
     results: List[ImageResult]
     elapsed: float
     interrupted: bool = False
+    terminated: bool = False  # stopped by SIGTERM (``interrupted`` too), not Ctrl-C
 
     @property
     def failures(self) -> List[ImageResult]:
@@ -129,11 +156,18 @@ def _is_hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def list_inputs(input_dir: Path, recursive: bool = False) -> Tuple[List[Path], List[Path], int]:
+def _inside(path: str, folder: Optional[str]) -> bool:
+    """True when the resolved ``path`` is the resolved ``folder`` or under it."""
+    return folder is not None and (path == folder or path.startswith(folder.rstrip(os.sep) + os.sep))
+
+
+def list_inputs(input_dir: Path, recursive: bool = False,
+                output_dir: Optional[Path] = None) -> Tuple[List[Path], List[Path], int]:
     """Files under ``input_dir``, sorted, hidden files and folders left out.
 
     With ``recursive``, linked folders are followed too; a folder reached a second
-    time (a link loop, or two links to one folder) is listed as passed over.
+    time (a link loop, or two links to one folder) is listed as passed over, and
+    so is a file or folder that resolves into ``output_dir`` (a link into the outputs).
 
     Returns:
       ``(images, others, folders)``: paths relative to ``input_dir`` of the files read
@@ -142,27 +176,72 @@ def list_inputs(input_dir: Path, recursive: bool = False) -> Tuple[List[Path], L
       (0 when recursive).
     """
     images, others, folders, seen = [], [], 0, set()
+    outputs = _linked_outputs(input_dir, output_dir)
     for root, dirs, files in os.walk(input_dir, followlinks=recursive):
-        if os.path.realpath(root) in seen:
+        real = os.path.realpath(root)
+        if real in seen or _inside(real, outputs):
             others.append(Path(root).relative_to(input_dir))
             dirs[:] = []
             continue
-        seen.add(os.path.realpath(root))
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         if not recursive:
             folders, dirs[:] = len(dirs), []
         for name in sorted(files):
-            relative = (Path(root) / name).relative_to(input_dir)
+            path = Path(root) / name
+            relative = path.relative_to(input_dir)
             if not _is_hidden(relative):
-                (images if is_input_file(Path(root) / name) else others).append(relative)
+                readable = is_input_file(path) and not _inside(os.path.realpath(path), outputs)
+                (images if readable else others).append(relative)
     return images, others, folders
 
 
-def skip_reason(path: Path) -> str:
+def _linked_outputs(input_dir: Optional[Path], output_dir: Optional[Path]) -> Optional[str]:
+    """The resolved output folder, which no input may link into; None when the input folder is itself
+    inside it (``--input out/sub --output out``: its outputs are then kept off the inputs by
+    :func:`find_output_conflicts`)."""
+    if output_dir is None or (input_dir is not None and _inside(os.path.realpath(input_dir),
+                                                                 os.path.realpath(output_dir))):
+        return None
+    return os.path.realpath(output_dir)
+
+
+def skip_reason(path: Path, output_dir: Optional[Path] = None, input_dir: Optional[Path] = None) -> str:
     """Why a listed path is passed over (see :func:`list_inputs`)."""
+    if _inside(os.path.realpath(path), _linked_outputs(input_dir, output_dir)):
+        return "a link into the output folder; outputs are never read as inputs"
     if path.is_dir():
         return "a folder already read through another link; not read twice"
+    if path.exists() and not is_regular_file(path):
+        return "not a regular file (a named pipe, device or socket); not read"
     return f"not an image file ({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}) nor DICOM"
+
+
+def find_output_conflicts(plan: BatchPlan) -> Dict[int, str]:
+    """The images whose outputs cannot be written safely, by index, with the reason.
+
+    The rule: outputs are compared after resolving every link. An output that would
+    be an input file or lie in the input tree refuses its image; of two images with
+    an output in common (``scan`` beside ``scan.png``), the first listed keeps it and
+    the second is refused, naming the first. Refused images are not read.
+    """
+    source = os.path.realpath(plan.input_dir)
+    inputs = {os.path.realpath(plan.input_dir / relative) for relative in plan.images}
+    claimed: Dict[str, int] = {}
+    refused: Dict[int, str] = {}
+    for index, relative in enumerate(plan.images):
+        for path in plan.output_files(relative):
+            real = os.path.realpath(path)
+            if real in inputs or _inside(real, source):
+                refused[index] = f"its output {path} would be written into the input folder (through a link); not read"
+            elif real in claimed:
+                refused[index] = (f"its output {path} is also that of {plan.input_dir / plan.images[claimed[real]]} "
+                                  "(listed first, which keeps it); not read: rename one of the two")
+            if index in refused:
+                break
+        else:
+            claimed.update((os.path.realpath(path), index) for path in plan.output_files(relative))
+    return refused
 
 
 def check_output_location(input_dir: Path, output_dir: Path) -> None:
@@ -182,8 +261,25 @@ def check_output_location(input_dir: Path, output_dir: Path) -> None:
 
 def first_existing_output(plan: BatchPlan) -> Optional[Path]:
     """The first file the run would replace (tables first, then annotated copies), or None."""
-    candidates = plan.tables + [path for relative in plan.images for path in plan.output_files(relative)]
-    return next((path for path in candidates if path.exists()), None)
+    candidates = plan.tables + [path for index, relative in enumerate(plan.images) if index not in plan.refused
+                                for path in plan.output_files(relative)] + [plan.run_file]
+    return next((path for path in candidates if os.path.lexists(path)), None)
+
+
+@contextlib.contextmanager
+def output_lock(input_dir: Path, output_dir: Path) -> Iterator[None]:
+    """Holds the output folder's lock (:func:`busdet.files.folder_lock`) for a whole run,
+    checking the folder first (:func:`check_output_location`).
+
+    Raises:
+      BatchSetupError: the folder is unsafe or unwritable, or another run holds it.
+    """
+    check_output_location(Path(input_dir), Path(output_dir))
+    try:
+        with folder_lock(output_dir, "predict.py run"):
+            yield
+    except FolderLockedError as error:
+        raise BatchSetupError(str(error)) from None
 
 
 def plan_batch(input_dir: Path, output_dir: Path, recursive: bool = False, overwrite: bool = False,
@@ -204,11 +300,12 @@ def plan_batch(input_dir: Path, output_dir: Path, recursive: bool = False, overw
     check_output_location(input_dir, output_dir)
     if dicom_out is not None:
         check_output_location(input_dir, Path(dicom_out))
-    images, others, folders = list_inputs(input_dir, recursive)
+    images, others, folders = list_inputs(input_dir, recursive, output_dir)
     plan = BatchPlan(input_dir, output_dir, images, others, overwrite, folders,
                      dicom_out=None if dicom_out is None else Path(dicom_out))
+    plan = replace(plan, refused=find_output_conflicts(plan))
     if resume:
-        return replace(plan, overwrite=True, done=finished_earlier(plan))
+        return replace(plan, overwrite=True, resume=True, done=finished_earlier(plan))
     existing = None if overwrite else first_existing_output(plan)
     if existing is not None:
         raise BatchSetupError(f"{existing}: exists; use --overwrite to replace the outputs, "
@@ -245,11 +342,57 @@ def finished_earlier(plan: BatchPlan) -> Dict[int, ImageResult]:
     except (OSError, ValueError, UnicodeDecodeError) as error:
         raise BatchSetupError(f"{images_path}: cannot resume from it ({error}); "
                               "use --overwrite to start again") from None
-    index = {relative.as_posix(): i for i, relative in enumerate(plan.images)}
+    index = {relative.as_posix(): i for i, relative in enumerate(plan.images) if i not in plan.refused}
     # DICOM files are done again: their rows (frames, sizes in mm) are not read back into records.
     return {index[r.filename]: r for r in earlier
             if r.ok and r.filename in index and is_image_file(Path(r.filename))
             and plan.output_path(Path(r.filename)).is_file()}
+
+
+def run_settings(detector: Detector, score_threshold: float, frames: FrameChoice = "all") -> dict:
+    """What ``run.json`` records of a run: the model's digest (None for a model without
+    ``saved_model.pb``, e.g. a test's fake) and checkpoint, runtime, threshold and frames setting."""
+    has_graph = (Path(detector.model_dir) / "saved_model.pb").is_file()
+    return {"model_sha256": compute_saved_model_digest(detector.model_dir) if has_graph else None,
+            "model_checkpoint": detector.info.get("checkpoint"), "runtime": detector.runtime,
+            "score_threshold": score_threshold, "frames": frames}
+
+
+def read_run_record(path: Path) -> Optional[dict]:
+    """``run.json`` as written by :func:`write_tables`, or None when it is missing or not such a file."""
+    try:
+        record = json.loads(read_text(path))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def with_settings(plan: BatchPlan, settings: dict, mixed_ok: bool = False) -> BatchPlan:
+    """``plan`` recording ``settings`` (:func:`run_settings`) in ``run.json``.
+
+    On ``--resume`` over existing tables, the earlier run's settings must be the same
+    (:data:`RUN_SETTINGS`); with ``mixed_ok`` the run goes on and ``run.json`` keeps
+    the earlier settings under ``earlier_runs``, so the mix stays on record.
+
+    Raises:
+      BatchSetupError: a resume whose earlier settings differ or are unknown (no ``run.json``).
+    """
+    if not (plan.resume and plan.tables[1].exists()):
+        return replace(plan, settings=dict(settings))
+    earlier = read_run_record(plan.run_file)
+    history = list(earlier.get("earlier_runs", [])) if earlier else []
+    if earlier is None:
+        differences = [f"no readable {RUN_FILE}, so what made the tables is unknown"]
+        history.append({"unknown": True})
+    else:
+        differences = [f"{key} {earlier.get(key)!r} there, {settings.get(key)!r} now" for key in RUN_SETTINGS
+                       if earlier.get(key) != settings.get(key)]
+        if differences:
+            history.append({key: value for key, value in earlier.items() if key != "earlier_runs"})
+    if differences and not mixed_ok:
+        raise BatchSetupError(f"{plan.run_file}: --resume would mix rows of two runs ({'; '.join(differences)}); "
+                              "run with the same settings, --overwrite to start again, or --resume-anyway")
+    return replace(plan, settings={**settings, "earlier_runs": history} if history else dict(settings))
 
 
 def write_failed(result: ImageResult, error: BaseException) -> ImageResult:
@@ -263,8 +406,20 @@ def write_failed(result: ImageResult, error: BaseException) -> ImageResult:
 def _logged(result: ImageResult, path: Path) -> ImageResult:
     """``result``, after one warning line naming the file and the reason if it failed."""
     if not result.ok:
-        log.warning("%s: %s", path, result.error)
+        log.warning("%s: %s", printable(path), result.error)
     return result
+
+
+def start_records(plan: BatchPlan) -> Dict[int, ImageResult]:
+    """The records a run starts with: the earlier run's (``--resume``) and the refused images'
+    error rows; logs one line for each file passed over and each image refused."""
+    for relative in plan.skipped:
+        path = plan.input_dir / relative
+        log.warning("%s: passed over: %s", printable(path), skip_reason(path, plan.output_dir, plan.input_dir))
+    refused = {index: _logged(ImageResult(plan.images[index].as_posix(), error=reason),
+                              plan.input_dir / plan.images[index])
+               for index, reason in plan.refused.items()}
+    return {**plan.done, **refused}
 
 
 def _collect_write(result: ImageResult, write: Future, plan: BatchPlan) -> Optional[ImageResult]:
@@ -299,14 +454,12 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
       The records of the images finished; ``interrupted`` is True after a
       KeyboardInterrupt, which is not re-raised (the tables are written first).
     """
-    for relative in plan.skipped:
-        log.warning("%s: passed over: %s", plan.input_dir / relative, skip_reason(plan.input_dir / relative))
     start = last_save = time.perf_counter()
     saved = False  # tables written by this run already (so they may be replaced)
-    done: Dict[int, ImageResult] = dict(plan.done)
+    done = start_records(plan)
     todo = plan.todo
     writes: Dict[int, Tuple[ImageResult, Future]] = {}
-    interrupted = False
+    interrupted = terminated = False
     reads: Dict[int, Future] = {}
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="busdet-io")
     try:
@@ -324,25 +477,27 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
                                                           detector.info))
             _finish_writes(writes, done, plan, keep_pending=MAX_PENDING_WRITES)
             if time.perf_counter() - last_save >= TABLE_SAVE_SECONDS:
-                write_tables(result_so_far(plan, done, start), replace=saved)
-                saved, last_save = True, time.perf_counter()
-    except KeyboardInterrupt:
-        interrupted = True
+                saved = True  # from now on the tables are this run's, even if this save fails half-way
+                write_tables(result_so_far(plan, done, start), replace=True)
+                last_save = time.perf_counter()
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (busdet.cli.Terminated)
+        interrupted, terminated = True, isinstance(stop, Terminated)
     finally:
-        # Reads still queued are dropped; annotated copies already queued are
-        # finished, so that their rows can be kept.
+        # Reads still queued are dropped (and not waited for: a stop is prompt); annotated
+        # copies already queued are finished, so that their rows can be kept.
         for read in reads.values():
             read.cancel()
-        pool.shutdown(wait=True)
-        _finish_writes(writes, done, plan, keep_pending=0)
-        result = result_so_far(plan, done, start, interrupted)
-        write_tables(result, replace=saved)
+        with signals_deferred():  # a second Ctrl-C must not cut the last save short
+            _finish_writes(writes, done, plan, keep_pending=0)
+            pool.shutdown(wait=not interrupted, cancel_futures=True)
+            result = result_so_far(plan, done, start, interrupted, terminated)
+            write_tables(result, replace=saved)
     return result
 
 
 def result_so_far(plan: BatchPlan, done: Dict[int, ImageResult], start: float,
-                  interrupted: bool = False) -> BatchResult:
-    return BatchResult(plan, [done[i] for i in sorted(done)], time.perf_counter() - start, interrupted)
+                  interrupted: bool = False, terminated: bool = False) -> BatchResult:
+    return BatchResult(plan, [done[i] for i in sorted(done)], time.perf_counter() - start, interrupted, terminated)
 
 
 def _finish_writes(writes: Dict[int, Tuple[ImageResult, Future]], done: Dict[int, ImageResult],
@@ -364,10 +519,12 @@ def write_tables(result: BatchResult, replace: bool = False) -> None:
     """Writes ``predictions.csv`` and ``images.csv`` (:mod:`busdet.tables`) atomically into the output folder.
 
     ``replace``: the run itself wrote them before (an in-run save), so they may be replaced
-    even without ``--overwrite``.
+    even without ``--overwrite``. ``run.json`` is written first when the plan has settings.
     """
     predictions_path, images_path = result.plan.tables
     overwrite = result.plan.overwrite or replace
+    if result.plan.settings is not None:  # first: tables are never without what made them
+        write_json(result.plan.settings, result.plan.run_file, overwrite=overwrite)
     write_csv(predictions_table(result.results), predictions_path, overwrite=overwrite)
     write_csv(images_table(result.results), images_path, overwrite=overwrite)
 
@@ -399,5 +556,6 @@ def format_summary(result: BatchResult, load_seconds: float) -> str:
     if plan.unsearched_folders:
         lines.append(f"{plan.unsearched_folders} sub-folders not searched (use --recursive)")
     if result.interrupted:
-        lines.append(f"interrupted: {len(plan.images) - count} images not processed")
+        how = "stopped by SIGTERM" if result.terminated else "interrupted"
+        lines.append(f"{how}: {len(plan.images) - count} images not processed")
     return "\n".join(lines)

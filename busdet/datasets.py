@@ -22,6 +22,8 @@ from typing import Dict, Optional
 
 import pandas as pd
 
+from busdet.files import read_csv
+
 # BUS-BRA's table: one row per image (ID = file stem) naming its patient (Case) and scanner (Device).
 IMAGE_TABLE = "bus_data.csv"
 
@@ -51,7 +53,7 @@ def parse_dataset_arg(value: str, splits_dir: Path) -> DatasetSpec:
 
 def read_split_csv(path: Path) -> Dict[str, str]:
     """A committed split ``filename,label,split[,patient]`` -> ``{filename: split}``."""
-    frame = pd.read_csv(path, dtype=str)
+    frame = read_csv(path)  # written by busdet.files.write_csv: its inverse
     return dict(zip(frame["filename"], frame["split"]))
 
 

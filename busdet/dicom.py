@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
+import threading
+import warnings
 from pathlib import Path
 from typing import BinaryIO, Optional, Tuple, Union
 
@@ -25,7 +28,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_voi_lut
 from pydicom.uid import UID
 
-from busdet.images import MAX_IMAGE_PIXELS, ImageReadError, Scan
+from busdet.files import open_regular
+from busdet.images import MAX_IMAGE_PIXELS, ImageReadError, Scan, open_input
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,28 @@ PIXEL_TAGS = [
 REGION_2D = 1          # RegionSpatialFormat: a 2-D image (B-mode)
 UNITS_CM = 3           # PhysicalUnitsX/YDirection: centimetres
 
+# The file this thread is reading, so that pydicom's own warnings name it (see _PydicomNamesTheFile).
+_reading = threading.local()
+
+
+class _PydicomNamesTheFile(logging.Filter):
+    """Prefixes pydicom's log lines with the file being read in this thread: never an unnamed warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = getattr(_reading, "name", None)
+        if name is not None:
+            record.msg, record.args = "%s: pydicom: %s", (name, record.getMessage().strip().splitlines()[0][:200])
+        return True
+
+
+def _route_pydicom_warnings() -> None:
+    """pydicom logs each warning and also issues it through ``warnings``: keep only the logged,
+    named line (set up once per process)."""
+    logger = logging.getLogger("pydicom")
+    if not any(isinstance(f, _PydicomNamesTheFile) for f in logger.filters):
+        logger.addFilter(_PydicomNamesTheFile())
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+
 
 def is_dicom_file(path: Union[str, Path]) -> bool:
     """True for a ``.dcm``/``.dicom`` name, or any file starting with the 128-byte preamble and ``DICM``."""
@@ -67,7 +93,7 @@ def is_dicom_file(path: Union[str, Path]) -> bool:
     if path.suffix.lower() in DICOM_EXTENSIONS:
         return True
     try:
-        with open(path, "rb") as stream:
+        with open_regular(path) as stream:  # a named pipe must not block the listing
             return has_dicom_preamble(stream.read(PREAMBLE_LENGTH + len(MAGIC)))
     except OSError:
         return False
@@ -85,14 +111,8 @@ def read_dicom(path: Union[str, Path]) -> Scan:
       ImageReadError: not DICOM, truncated, no pixel data, a transfer syntax or
         photometric interpretation not read, too many pixels.
     """
-    path = Path(path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise ImageReadError(str(path), "file is empty")
-    try:
-        with open(path, "rb") as stream:
-            return _read(stream, str(path))
-    except FileNotFoundError:
-        raise ImageReadError(str(path), "file not found") from None
+    with open_input(path) as stream:
+        return _read(stream, str(path))
 
 
 def decode_dicom(data: bytes, name: str = "<upload>") -> Scan:
@@ -106,6 +126,15 @@ def _read(stream: BinaryIO, name: str) -> Scan:
     # pydicom's warnings about malformed values quote the values (UIDs of the file meta
     # included): the project's only use of pydicom does not want them on any terminal.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    _route_pydicom_warnings()
+    _reading.name = name
+    try:
+        return _read_named(stream, name)
+    finally:
+        _reading.name = None
+
+
+def _read_named(stream: BinaryIO, name: str) -> Scan:
     try:
         dataset = pydicom.dcmread(stream, specific_tags=PIXEL_TAGS)
         _check_readable(dataset, name)
@@ -155,6 +184,52 @@ def _check_readable(dataset: pydicom.Dataset, name: str) -> None:
     if rows * columns > MAX_IMAGE_PIXELS or rows * columns * frame_count > MAX_LOOP_PIXELS:
         raise ImageReadError(name, f"DICOM holds {frame_count} frame(s) of {columns}x{rows} pixels, more than "
                                    f"{MAX_IMAGE_PIXELS:,} per frame or {MAX_LOOP_PIXELS:,} in all")
+    problem = find_geometry_problem(dataset, syntax.is_encapsulated)
+    if problem is not None:
+        raise ImageReadError(name, problem)
+
+
+def native_pixel_bytes(dataset: pydicom.Dataset) -> int:
+    """The bytes of uncompressed pixel data that Rows, Columns, NumberOfFrames, SamplesPerPixel
+    and BitsAllocated declare (YBR_FULL_422 stores two samples per pixel; 1-bit data is packed)."""
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    if str(dataset.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        samples = 2
+    bits = int(dataset.get("BitsAllocated", 8) or 8)
+    values = int(dataset.Rows) * int(dataset.Columns) * frame_count_of(dataset) * samples
+    return -(-values * bits // 8)
+
+
+def find_geometry_problem(dataset: pydicom.Dataset, encapsulated: bool) -> Optional[str]:
+    """Why the pixel data cannot hold what the header declares (both numbers), or None.
+
+    Uncompressed: the data must be exactly the declared size (plus the one pad byte to
+    an even length). Compressed: every frame needs at least one fragment.
+    """
+    data = dataset.PixelData
+    geometry = f"{frame_count_of(dataset)} frame(s) of {int(dataset.Columns)}x{int(dataset.Rows)} pixels"
+    if not encapsulated:
+        expected = native_pixel_bytes(dataset)
+        if len(data) not in (expected, expected + expected % 2):
+            return (f"DICOM pixel data holds {len(data):,} bytes but its header declares {geometry}, "
+                    f"{expected:,} bytes; header and pixels disagree (a file cut short, or a wrong header), not read")
+        return None
+    fragments = count_fragments(data)
+    if fragments < frame_count_of(dataset):
+        return (f"DICOM compressed pixel data holds {fragments} fragment(s) but its header declares {geometry}, "
+                "at least one fragment each; header and pixels disagree, not read")
+    return None
+
+
+def count_fragments(data: bytes) -> int:
+    """Fragments of encapsulated pixel data after its basic offset table (0 when it cannot be parsed)."""
+    if len(data) < 8:
+        return 0
+    offset = 8 + struct.unpack("<I", data[4:8])[0]
+    try:
+        return pydicom.encaps.parse_fragments(data[offset:])[0]
+    except (ValueError, struct.error):
+        return 0
 
 
 def frame_count_of(dataset: pydicom.Dataset) -> int:

@@ -2,8 +2,23 @@
 
     with atomic_write(path, "w") as stream: ...     # the old file or the whole new one, never half
     write_csv(frame, path)                          # the one CSV form: UTF-8, "\\n", no index
+    read_csv(path)                                  # its inverse: every cell as text, as written
     write_json(data, path)                          # indented UTF-8 JSON, NaN refused
     check_writable_folder(output_dir)               # before any work: can files be created there?
+    with open_regular(path) as stream: ...          # reading never blocks on a pipe or a device
+    with folder_lock(output_dir): ...               # one run per output folder at a time
+    printable(name)                                 # a file name fit for a one-line message
+
+File names come from the file system as ``str`` with undecodable bytes kept as
+surrogates (Python's ``surrogateescape``): every text file written here writes
+them back as the same bytes, and :func:`read_csv` reads them back to the same
+name, so a table names a file that is not valid UTF-8 by its own bytes.
+
+CSV cells are quoted wherever the dialect needs it, a carriage return included,
+and a text cell that a spreadsheet would run as a formula (starting with ``=``,
+``+``, ``-``, ``@``, a tab or a carriage return, OWASP's list) gets a ``'`` in
+front, as does one that starts with ``'`` already; :func:`read_csv` takes that
+one ``'`` off again, so the project's readers see the cells as they were.
 
 Every module that writes a table, a report, a figure or an image goes through
 :func:`atomic_write`, so that a crash, Ctrl-C or a kill never leaves a truncated
@@ -14,10 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import json
 import os
 import re
+import stat
 import tempfile
 import uuid
 from pathlib import Path, PurePath
@@ -28,8 +45,20 @@ import pandas as pd
 PathLike = Union[str, Path]
 
 
+# Undecodable bytes of file names (surrogates) are written back as the bytes they were.
+TEXT_ERRORS = "surrogateescape"
+
+
 class OutputError(ValueError):
     """An output that cannot be written where asked (checked before any work); the message says why."""
+
+
+class FolderLockedError(OutputError):
+    """Another process holds the folder's lock (:func:`folder_lock`)."""
+
+
+class NotRegularFileError(OSError):
+    """A path that is not a regular file (a named pipe, a device, a socket): never opened for reading."""
 
 
 @contextlib.contextmanager
@@ -50,7 +79,8 @@ def atomic_write(path: PathLike, mode: str = "wb", overwrite: bool = True) -> It
     handle, temp_name = _create_temp_file(path, path.stat().st_mode & 0o777 if path.exists() else 0o666)
     try:
         binary = "b" in mode
-        with os.fdopen(handle, mode, encoding=None if binary else "utf-8", newline=None if binary else "") as stream:
+        with os.fdopen(handle, mode, encoding=None if binary else "utf-8", errors=None if binary else TEXT_ERRORS,
+                       newline=None if binary else "") as stream:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
@@ -93,16 +123,70 @@ def _link_unnamed(descriptor: int, path: Path) -> str:
     return name
 
 
+# Cells a spreadsheet would run as a formula (OWASP "CSV Injection"), and the mark that defuses them.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_MARK = "'"
+
+
+def neutralise_formula(cell):
+    """A text cell that would start a formula (or starts with the mark) with the mark in front; others as given."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS + (FORMULA_MARK,)):
+        return FORMULA_MARK + cell
+    return cell
+
+
+def restore_formula(cell: str) -> str:
+    """The inverse of :func:`neutralise_formula` for a cell read back as text."""
+    return cell[1:] if cell.startswith(FORMULA_MARK) else cell
+
+
+class _RowEnds:
+    """A text stream that turns the csv module's ``\\r\\n`` row ends into ``\\n``.
+
+    The csv module quotes a field holding ``\\r`` only when ``\\r`` is in the line
+    terminator (Python 3.11): rows are written with ``\\r\\n``, which quotes every
+    ``\\r`` and ``\\n`` inside a field, and each row (one ``write`` per row) ends in ``\\n``.
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text[:-2] + "\n" if text.endswith("\r\n") else text)
+
+
 def _write_csv_text(frame: pd.DataFrame, stream) -> None:
-    """The one CSV form of every table written or downloaded: ``\\n`` line ends, no index."""
-    frame.to_csv(stream, index=False, lineterminator="\n")
+    """The one CSV form of every table written or downloaded: ``\\n`` line ends, no index,
+    formula cells neutralised, ``\\r`` and ``\\n`` in a cell quoted."""
+    text_columns = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c].dtype)]
+    if text_columns:
+        frame = frame.assign(**{c: _text_column(frame[c], neutralise_formula) for c in text_columns})
+    frame.to_csv(_RowEnds(stream), index=False, lineterminator="\r\n")
 
 
 def csv_bytes(frame: pd.DataFrame) -> bytes:
     """``frame`` as CSV bytes (UTF-8), exactly what :func:`write_csv` writes to a file."""
     buffer = io.StringIO()
     _write_csv_text(frame, buffer)
-    return buffer.getvalue().encode("utf-8")
+    return buffer.getvalue().encode("utf-8", TEXT_ERRORS)
+
+
+def read_csv(path: PathLike) -> pd.DataFrame:
+    """A CSV written by :func:`write_csv` (or by hand) with every cell as text (``object``: names
+    that are not UTF-8 kept), empty cells ``""``, formula marks taken off.
+
+    Raises:
+      pandas.errors.EmptyDataError, pandas.errors.ParserError, OSError.
+    """
+    with open_regular(path) as stream:
+        frame = pd.read_csv(stream, dtype=object, keep_default_na=False, encoding="utf-8",
+                            encoding_errors=TEXT_ERRORS)
+    return frame.assign(**{c: _text_column(frame[c], restore_formula) for c in frame.columns})
+
+
+def _text_column(column: pd.Series, convert) -> pd.Series:
+    """``convert`` applied to every cell, kept as ``object`` (pandas' string type refuses surrogates)."""
+    return pd.Series([convert(cell) for cell in column], index=column.index, dtype=object)
 
 
 def write_csv(frame: pd.DataFrame, path: PathLike, overwrite: bool = True) -> None:
@@ -125,6 +209,103 @@ def write_json(data, path: PathLike, overwrite: bool = True) -> None:
     with atomic_write(path, "w", overwrite=overwrite) as stream:
         json.dump(data, stream, **_JSON_OPTIONS)
         stream.write("\n")
+
+
+def printable(text: str) -> str:
+    """``text`` (a file name) fit for a one-line message: undecodable bytes as ``\\xe9``, control
+    characters (``\\r``, ``\\n``, escape sequences) as Python escapes, everything else as is."""
+    text = str(text).encode("utf-8", TEXT_ERRORS).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def open_regular(path: PathLike):
+    """Opens a regular file for binary reading; anything else (a named pipe, a device, a socket)
+    raises :class:`NotRegularFileError` at once instead of blocking.
+
+    Opened with ``O_NONBLOCK`` and checked on the open descriptor, so a file swapped
+    for a pipe between a check and the open cannot block either.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as error:
+        if error.errno == errno.ENXIO:  # a socket
+            raise NotRegularFileError(errno.ENXIO, "not a regular file", str(path)) from None
+        raise
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise NotRegularFileError(errno.EINVAL, "not a regular file", str(path))
+    return os.fdopen(descriptor, "rb")
+
+
+def read_text(path: PathLike) -> str:
+    """A regular file's UTF-8 text (:func:`open_regular`: a named pipe raises instead of blocking)."""
+    with open_regular(path) as stream:
+        return stream.read().decode("utf-8")
+
+
+def is_regular_file(path: PathLike) -> bool:
+    """True for a regular file (or a link to one): what the tools read."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+LOCK_FILE = ".busdet.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: PathLike, what: str = "run") -> Iterator[Path]:
+    """Holds ``folder``'s lock file (created with the folder if need be) for the ``with`` block.
+
+    The lock is the kernel's (``flock``): it dies with the process holding it, so a
+    lock file left by a crash or a kill is taken over at once. The file records the
+    holder's process id for the refusal; it is removed on release, and so is the
+    folder if this call created it and nothing else was written there.
+
+    Raises:
+      FolderLockedError: another process holds the lock (one line naming it).
+      OSError: the folder or the lock file cannot be created.
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    stream = _acquire_lock(path, what)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        stream.close()
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: nothing was written
+
+
+def _acquire_lock(path: Path, what: str):
+    """The open, locked lock file; retried when the file was replaced while being locked."""
+    while True:
+        stream = open(path, "a+", encoding="ascii")
+        try:
+            fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            stream.seek(0)
+            holder = stream.read().strip() or "unknown"
+            stream.close()
+            raise FolderLockedError(f"{path.parent}: another {what} (process {holder}) is writing there; "
+                                    "wait for it to finish or choose another folder") from None
+        try:  # the holder before us may have removed the file between our open and our lock
+            same = os.path.samestat(os.fstat(stream.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            stream.truncate(0)
+            stream.write(f"{os.getpid()}\n")
+            stream.flush()
+            return stream
+        stream.close()
 
 
 def safe_stem(filename: str) -> str:

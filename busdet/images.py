@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from busdet.files import atomic_write
+from busdet.files import NotRegularFileError, atomic_write, open_regular
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -137,16 +137,35 @@ def _decode(source, name: str) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
+@contextlib.contextmanager
+def open_input(path: Union[str, Path]) -> Iterator:
+    """Opens an input file for binary reading; never blocks (:func:`busdet.files.open_regular`).
+
+    Raises:
+      ImageReadError: not found, not a regular file (a named pipe, a device), empty, or unreadable.
+    """
+    try:
+        stream = open_regular(path)
+    except NotRegularFileError:
+        raise ImageReadError(str(path), "not a regular file (a named pipe, device or socket); not read") from None
+    except FileNotFoundError:
+        raise ImageReadError(str(path), "file not found") from None
+    except OSError as error:
+        raise ImageReadError(str(path), f"cannot open ({error.strerror or error})") from None
+    with stream:
+        if os.fstat(stream.fileno()).st_size == 0:
+            raise ImageReadError(str(path), "file is empty")
+        yield stream
+
+
 def read_image(path: Union[str, Path]) -> np.ndarray:
     """Reads an image file as RGB ``uint8 [H, W, 3]`` as a viewer would display it.
 
     Raises:
-      ImageReadError: the file is missing, empty, truncated, not an image or too large.
+      ImageReadError: the file is missing, not a regular file, empty, truncated, not an image or too large.
     """
-    path = Path(path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise ImageReadError(str(path), "file is empty")
-    return _decode(path, str(path))
+    with open_input(path) as stream:
+        return _decode(stream, str(path))
 
 
 def decode_image(data: bytes, name: str = "<upload>") -> np.ndarray:

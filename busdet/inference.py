@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from busdet.boxes import Box, boxes_from_normalized_yxyx
-from busdet.files import write_json
+from busdet.files import read_text, write_json
 from busdet.label_map import load_label_map
 
 log = logging.getLogger(__name__)
@@ -74,18 +74,49 @@ def read_model_info(model_dir: str | Path) -> dict:
     """The exporter's ``model_info.json`` beside the SavedModel ({} if absent).
 
     Raises:
-      ModelLoadError: the file is damaged (not a JSON object, e.g. truncated).
+      ModelLoadError: the file is damaged (not a JSON object, e.g. truncated), or a value the
+        tools use has the wrong type (:func:`find_model_info_problem`).
     """
     path = Path(model_dir) / MODEL_INFO_FILE
     if not path.exists():
         return {}
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(read_text(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:  # JSONDecodeError: cut short
         raise ModelLoadError(f"{path}: damaged ({error}); export the model again") from None
     if not isinstance(info, dict):
         raise ModelLoadError(f"{path}: damaged (not a JSON object); export the model again")
+    problem = find_model_info_problem(info)
+    if problem is not None:
+        raise ModelLoadError(f"{path}: damaged ({problem}); export the model again")
     return info
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# The values the tools read from model_info.json: their check, and what is expected. Absent or null: not checked.
+_INFO_CHECKS = {
+    "input_size": (lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(n, int) and not isinstance(n, bool)
+                                                                          and n > 0 for n in v),
+                   "[height, width] in whole pixels"),
+    "score_threshold": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number between 0 and 1"),
+    "classes": (lambda v: isinstance(v, dict) and all(isinstance(n, str) for n in v.values()), "{id: name}"),
+    "onnx": (lambda v: isinstance(v, dict), "an object"),
+    "checkpoint": (lambda v: isinstance(v, str), "text"),
+    "trained_on": (lambda v: isinstance(v, list) and all(isinstance(d, dict) for d in v), "a list of objects"),
+    "test_metrics": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def find_model_info_problem(info: dict) -> Optional[str]:
+    """What is wrong with the first value of the wrong type in ``info``, or None."""
+    for key, (valid, expected) in _INFO_CHECKS.items():
+        value = info.get(key)
+        if value is not None and not valid(value):
+            return f"{key} is {json.dumps(value)[:60]}, expected {expected}"
+    return None
 
 
 def write_model_info(model_dir: str | Path, info: dict) -> None:

@@ -18,6 +18,8 @@ from typing import Dict
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
+from busdet.files import read_text
+
 # Id 0 is reserved for the background class by Model Garden's RetinaNet.
 BACKGROUND_ID = 0
 
@@ -74,7 +76,7 @@ def parse_label_map(text: str, source: str = "<label map>") -> Dict[int, str]:
 def load_label_map(path: str | Path) -> Dict[int, str]:
     """Reads a label map file into ``{id: name}`` (see :func:`parse_label_map`)."""
     path = Path(path)
-    return parse_label_map(path.read_text(encoding="utf-8"), source=str(path))
+    return parse_label_map(read_text(path), source=str(path))
 
 
 def name_to_id(classes: Dict[int, str]) -> Dict[str, int]:

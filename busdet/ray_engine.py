@@ -27,6 +27,8 @@ import logging
 import os
 import pickle
 import re
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, Optional
@@ -37,6 +39,8 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
 from busdet import batch  # noqa: E402
+from busdet.cli import Terminated, signals_deferred  # noqa: E402
+from busdet.files import printable  # noqa: E402
 from busdet.scans import read_scan  # noqa: E402
 from busdet.inference import Detector  # noqa: E402
 from busdet.results import FrameChoice, ImageResult, analyse_image  # noqa: E402
@@ -71,10 +75,17 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> 
                "configure_logging": False}
     if address is None:
         options.update(num_cpus=num_cpus, include_dashboard=False)
+    # ray.init installs its own SIGTERM handler (sys.exit, no tables): put busdet.cli's back, so that
+    # SIGTERM saves the tables as Ctrl-C does; run_batch's ray.shutdown() then stops what Ray started.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise RayEngineError(f"--ray-address {address}: cannot join the Ray cluster ({error})", 2) from None
+    finally:
+        if main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class Annotator:
@@ -90,8 +101,11 @@ class Annotator:
         self.plan, self.score_threshold, self.frames = plan, score_threshold, frames
 
     def __call__(self, rows: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """``{"index": int64 [n], "filename": str [n]}`` -> ``{"index", "record"}`` (pickled ImageResult)."""
-        records = [pickle.dumps(self.annotate(str(name))) for name in rows["filename"]]
+        """``{"index": int64 [n], "filename": bytes [n]}`` -> ``{"index", "record"}`` (pickled ImageResult).
+
+        Names travel as the file system's bytes: Arrow strings must be valid UTF-8, file names need not be.
+        """
+        records = [pickle.dumps(self.annotate(os.fsdecode(name))) for name in rows["filename"]]
         return {"index": rows["index"], "record": np.array(records, dtype=object)}
 
     def annotate(self, filename: str) -> ImageResult:
@@ -134,28 +148,27 @@ def run_batch(load: Callable[[], Detector], plan: batch.BatchPlan, score_thresho
 
 
 def _run(load, plan: batch.BatchPlan, score_threshold: float, progress, frames: FrameChoice) -> batch.BatchResult:
-    for relative in plan.skipped:
-        log.warning("%s: passed over: %s", plan.input_dir / relative, batch.skip_reason(plan.input_dir / relative))
     start = last_save = time.perf_counter()
     save_every, saved = batch.TABLE_SAVE_SECONDS, False
-    done: Dict[int, ImageResult] = dict(plan.done)
-    interrupted, failure = False, None
+    done: Dict[int, ImageResult] = batch.start_records(plan)
+    interrupted, terminated, failure = False, False, None
     try:
         records = _annotate_all(load, plan, score_threshold, frames)
         for index, result in progress(records, total=len(plan.todo)):
             done[index] = _logged(result, plan)
             if time.perf_counter() - last_save >= save_every:
-                written = time.perf_counter()
-                batch.write_tables(batch.result_so_far(plan, done, start), replace=saved)
+                written, saved = time.perf_counter(), True
+                batch.write_tables(batch.result_so_far(plan, done, start), replace=True)
                 # A million rows take seconds to write: keep table saves to a tenth of the run.
-                saved, last_save = True, time.perf_counter()
+                last_save = time.perf_counter()
                 save_every = max(batch.TABLE_SAVE_SECONDS, 10 * (last_save - written))
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (busdet.cli.Terminated)
+        interrupted, terminated = True, isinstance(stop, Terminated)
     except ray.exceptions.RayError as error:
         failure = error
-    result = batch.result_so_far(plan, done, start, interrupted)
-    batch.write_tables(result, replace=saved)
+    result = batch.result_so_far(plan, done, start, interrupted, terminated)
+    with signals_deferred():  # a second Ctrl-C must not cut the last save short
+        batch.write_tables(result, replace=saved)
     if failure is not None:
         # Ray's messages run to pages and carry terminal colours: the first line, plain.
         reason = re.sub(r"\x1b\[[0-9;]*m", "", (str(failure).strip().splitlines() or [""])[0])
@@ -173,7 +186,7 @@ def _annotate_all(load, plan: batch.BatchPlan, score_threshold: float, frames: F
     context.enable_progress_bars = False  # the caller's progress bar counts images
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes would break the progress line
-    rows = [{"index": index, "filename": plan.images[index].as_posix()} for index in todo]
+    rows = [{"index": index, "filename": os.fsencode(plan.images[index].as_posix())} for index in todo]
     actors = max(1, min(len(todo), int(ray.cluster_resources().get("CPU", 1) // CPUS_PER_ACTOR)))
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // ROWS_PER_BLOCK)))
     annotated = dataset.map_batches(
@@ -183,7 +196,7 @@ def _annotate_all(load, plan: batch.BatchPlan, score_threshold: float, frames: F
                                # Only the folders: the file list travels as rows, not with every actor.
                                "plan": dataclasses.replace(plan, input_dir=plan.input_dir.resolve(),
                                                            output_dir=plan.output_dir.resolve(),
-                                                           images=[], skipped=[], done={})})
+                                                           images=[], skipped=[], done={}, refused={})})
     for row in annotated.iter_rows():
         yield int(row["index"]), pickle.loads(row["record"])
 
@@ -193,6 +206,6 @@ def _logged(result: ImageResult, plan: batch.BatchPlan) -> ImageResult:
     if not result.ok:
         written = result.error.startswith("cannot write the annotated copy")
         folder = plan.output_dir if written else plan.input_dir
-        log.warning("%s: %s", folder / result.filename, result.error)
+        log.warning("%s: %s", printable(folder / result.filename), result.error)
     return result
 

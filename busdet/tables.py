@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence
 import pandas as pd
 
 from busdet.boxes import Box, box_from_xywh, box_to_pixel_xywh
-from busdet.files import csv_bytes
+from busdet.files import csv_bytes, read_csv
 from busdet.results import ImageResult, image_finding, top_box
 
 # The seed's columns, which tools/evaluate.py reads, then what DICOM adds.
@@ -35,9 +35,18 @@ PREDICTION_COLUMNS = SEED_PREDICTION_COLUMNS + ["frame", "width_mm", "height_mm"
 IMAGE_COLUMNS = ["filename", "width", "height", "boxes", "top_label", "top_score", "status", "error",
                  "frames", "key_frame"]
 BOX_COLUMNS = ["label", "score", "xmin", "ymin", "width", "height", "width_mm", "height_mm"]  # for display
-# Columns that may be empty: nullable types, so that integers stay 512 (not 512.0) and gaps stay empty.
-_PREDICTION_TYPES = {"frame": "Int64", "width_mm": "Float64", "height_mm": "Float64"}
-_IMAGE_TYPES = {"width": "Int64", "height": "Int64", "boxes": "Int64", "frames": "Int64", "key_frame": "Int64"}
+# The numeric columns; the others hold text as ``object`` (a file name need not be valid UTF-8, which
+# pandas' string type refuses). Columns that may be empty: nullable types, so that integers stay 512
+# (not 512.0) and gaps stay empty.
+_PREDICTION_TYPES = {"xmin": "int64", "ymin": "int64", "width": "int64", "height": "int64", "score": "float64",
+                     "frame": "Int64", "width_mm": "Float64", "height_mm": "Float64"}
+_IMAGE_TYPES = {"width": "Int64", "height": "Int64", "boxes": "Int64", "top_score": "float64", "frames": "Int64",
+                "key_frame": "Int64"}
+
+
+def build_table(rows: list, columns: List[str], numeric_types: dict) -> pd.DataFrame:
+    """Rows -> a table whose ``numeric_types`` columns get those types and whose others stay ``object`` text."""
+    return pd.DataFrame(rows, columns=columns, dtype=object).astype(numeric_types)
 
 
 def prediction_rows(result: ImageResult) -> list:
@@ -60,7 +69,7 @@ def predictions_frame(filename: str, boxes: Sequence[Box]) -> pd.DataFrame:
 def predictions_table(results: Sequence[ImageResult]) -> pd.DataFrame:
     """``predictions.csv``: the shown boxes of every file, in input order."""
     rows = [row for result in results for row in prediction_rows(result)]
-    return pd.DataFrame(rows, columns=PREDICTION_COLUMNS).astype(_PREDICTION_TYPES)
+    return build_table(rows, PREDICTION_COLUMNS, _PREDICTION_TYPES)
 
 
 def boxes_table(result: ImageResult, frame: Optional[int] = None) -> pd.DataFrame:
@@ -82,7 +91,7 @@ def image_row(result: ImageResult) -> list:
 
 def images_table(results: Sequence[ImageResult]) -> pd.DataFrame:
     """``images.csv``: one row per file given, unreadable ones included (status ``error`` and why)."""
-    return pd.DataFrame([image_row(r) for r in results], columns=IMAGE_COLUMNS).astype(_IMAGE_TYPES)
+    return build_table([image_row(r) for r in results], IMAGE_COLUMNS, _IMAGE_TYPES)
 
 
 def summary_table(results: Sequence[ImageResult]) -> pd.DataFrame:
@@ -120,14 +129,15 @@ def read_results(predictions_path: Path, images_path: Path) -> List[ImageResult]
     images = _read_table(images_path, IMAGE_COLUMNS)
     predictions = _read_table(predictions_path, PREDICTION_COLUMNS) if Path(predictions_path).exists() \
         else pd.DataFrame(columns=PREDICTION_COLUMNS)
-    boxes = {name: tuple(box_from_xywh(*map(int, (r.xmin, r.ymin, r.width, r.height)), r.label, float(r.score))
-                         for r in rows.itertuples())
-             for name, rows in predictions.groupby("filename", sort=False)}
-    return [_result_from_row(row, boxes.get(row.filename, ())) for row in images.itertuples()]
+    boxes: dict = {}  # by file name; not pandas' groupby, which turns names into its string type
+    for r in predictions.itertuples():
+        boxes.setdefault(r.filename, []).append(
+            box_from_xywh(*map(int, (r.xmin, r.ymin, r.width, r.height)), r.label, float(r.score)))
+    return [_result_from_row(row, tuple(boxes.get(row.filename, ()))) for row in images.itertuples()]
 
 
 def _read_table(path: Path, columns: List[str]) -> pd.DataFrame:
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table = read_csv(path)
     if list(table.columns) != columns:
         raise ValueError(f"columns {list(table.columns)}, expected {columns}")
     return table

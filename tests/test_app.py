@@ -384,3 +384,23 @@ def test_page_served_by_onnx_runtime_never_imports_tensorflow(tmp_path, demo_dir
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["False", "2", "True"], done.stderr
     assert lines[1].startswith("Model runtime: ONNX Runtime ") and lines[1].endswith("model.onnx)")
+
+
+def test_hostile_upload_names_and_dicom_geometry_behave_as_in_the_cli(fake_model):
+    """Issue 20 on the page: formula and CR names go through as they are (the downloads neutralise them
+    exactly as predict.py's tables: busdet.tables), a DICOM whose header disagrees with its pixels is one line."""
+    from busdet.dicom_phantoms import phantom_dicom
+    from busdet.phantoms import generate_phantom
+
+    dataset = phantom_dicom(generate_phantom(5, "benign", width=200, height=150).image)
+    dataset.PixelData = dataset.PixelData + bytes(200 * 150)
+    at = run_app()
+    at.sidebar.file_uploader[0].set_value([("=cmd.png", phantom_png(1), "image/png"),
+                                           ("a\rb.png", phantom_png(2), "image/png"),
+                                           ("IM000001", dicom_upload(dataset), "application/octet-stream")]).run()
+    press_detect(at)
+    assert at.dataframe[0].value["filename"].tolist() == ["=cmd.png", "a\rb.png", "IM000001"]
+    assert at.dataframe[0].value["status"].tolist() == ["ok", "ok", "error"]
+    assert ("IM000001: DICOM pixel data holds 60,000 bytes but its header declares 1 frame(s) of 200x150 pixels, "
+            "30,000 bytes; header and pixels disagree (a file cut short, or a wrong header), not read"
+            in [t.value for t in at.text])

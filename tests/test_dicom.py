@@ -169,3 +169,50 @@ def test_damaged_geometry_values_are_one_reason_or_a_warning(caplog):
     with pytest.raises(ImageReadError) as error:
         decode_scan(dicom_bytes(dataset), "frames.dcm")
     assert error.value.reason.startswith("cannot read DICOM (ValueError")
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda d: setattr(d, "PixelData", d.PixelData + bytes(200 * 150)),
+     "DICOM pixel data holds 60,000 bytes but its header declares 1 frame(s) of 200x150 pixels, 30,000 bytes"),
+    (lambda d: setattr(d, "Rows", 100),
+     "DICOM pixel data holds 30,000 bytes but its header declares 1 frame(s) of 200x100 pixels, 20,000 bytes"),
+    (lambda d: setattr(d, "NumberOfFrames", 3),
+     "DICOM pixel data holds 30,000 bytes but its header declares 3 frame(s) of 200x150 pixels, 90,000 bytes"),
+], ids=["more data than Rows x Columns", "fewer rows than the data", "more frames than the data"])
+def test_native_geometry_that_disagrees_with_the_pixel_data_is_one_line_before_decoding(change, reason, caplog):
+    dataset = phantom_dicom(generate_phantom(1, "benign", width=200, height=150).image)
+    change(dataset)
+    with pytest.raises(ImageReadError) as error:
+        decode_scan(dicom_bytes(dataset), "scan.dcm")
+    assert str(error.value).startswith(f"scan.dcm: {reason}; header and pixels disagree")
+    assert not [m for m in caplog.messages if "scan.dcm" not in m]  # pydicom says nothing unnamed
+
+
+def test_compressed_loop_with_more_frames_than_fragments_is_one_line():
+    dataset = phantom_dicom(moving_lesion_frames(count=4)[0], "YBR_FULL_422", JPEGBaseline8Bit)
+    dataset.NumberOfFrames = 9
+    with pytest.raises(ImageReadError) as error:
+        decode_scan(dicom_bytes(dataset), "loop.dcm")
+    assert error.value.reason.startswith("DICOM compressed pixel data holds 4 fragment(s) but its header declares "
+                                         "9 frame(s) of 320x240 pixels")
+
+
+def test_odd_sized_pixel_data_with_its_pad_byte_still_reads():
+    dataset = phantom_dicom(generate_phantom(1, "benign", width=201, height=151).image)  # 30,351 bytes + 1 pad
+    assert decode_scan(dicom_bytes(dataset), "odd.dcm").frames.shape == (1, 151, 201, 3)
+
+
+def test_pydicom_warnings_name_the_file(caplog):
+    import logging
+
+    from busdet import dicom
+
+    dataset = phantom_dicom(generate_phantom(1, "benign", width=200, height=150).image)
+    dicom._route_pydicom_warnings()
+    dicom._reading.name = "named.dcm"
+    try:
+        logging.getLogger("pydicom").warning("something odd\nsecond line")
+    finally:
+        dicom._reading.name = None
+    assert "named.dcm: pydicom: something odd" in caplog.messages
+    assert decode_scan(dicom_bytes(dataset), "x.dcm").frame_count == 1

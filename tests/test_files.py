@@ -137,3 +137,73 @@ def test_output_file_check_refuses_a_folder(tmp_path):
     with pytest.raises(OutputError, match="is a folder; name the file to write"):
         check_output_file(tmp_path)
     check_output_file(tmp_path / "annotations.csv")
+
+
+def test_csv_quotes_carriage_returns_and_keeps_undecodable_bytes(tmp_path):
+    from busdet.files import read_csv
+
+    names = ["a\rb.png", "c\nd.png", os.fsdecode(b"caf\xe9.png"), 'q",x.png', "plain.png"]
+    frame = pd.DataFrame({"filename": pd.Series(names, dtype=object), "n": range(5)})
+    write_csv(frame, tmp_path / "t.csv")
+    data = (tmp_path / "t.csv").read_bytes()
+    assert data == (b'filename,n\n"a\rb.png",0\n"c\nd.png",1\ncaf\xe9.png,2\n"q"",x.png",3\nplain.png,4\n')
+    assert data == csv_bytes(frame)
+    assert read_csv(tmp_path / "t.csv")["filename"].tolist() == names
+
+
+@pytest.mark.parametrize("cell, written", [("=1+1", "'=1+1"), ("+1", "'+1"), ("-1", "'-1"), ("@SUM(A1)", "'@SUM(A1)"),
+                                           ("\tx", "'\tx"), ("'quoted", "''quoted"), ("safe=1", "safe=1")])
+def test_formula_cells_are_neutralised_and_read_back_unchanged(tmp_path, cell, written):
+    from busdet.files import read_csv
+
+    write_csv(pd.DataFrame({"filename": [cell], "score": [-0.5]}), tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text().splitlines()[1] == f"{written},-0.5"  # numbers are left alone
+    assert read_csv(tmp_path / "t.csv")["filename"].tolist() == [cell]
+
+
+def test_printable_escapes_control_characters_and_undecodable_bytes():
+    from busdet.files import printable
+
+    assert printable(os.fsdecode(b"caf\xe9\r01\x1b[31m.png")) == "caf\\xe9\\r01\\x1b[31m.png"
+    assert printable("café scan (1).png") == "café scan (1).png"
+
+
+def test_open_regular_refuses_a_named_pipe_without_blocking(tmp_path):
+    from busdet.files import NotRegularFileError, is_regular_file, open_regular
+
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(NotRegularFileError):
+        open_regular(tmp_path / "pipe.png")
+    assert not is_regular_file(tmp_path / "pipe.png") and not is_regular_file(tmp_path)
+    with open_regular(saved(tmp_path, "a.bin", b"abc")) as stream:
+        assert stream.read() == b"abc"
+
+
+def test_folder_lock_refuses_a_second_holder_and_cleans_up(tmp_path):
+    from busdet.files import LOCK_FILE, FolderLockedError, folder_lock
+
+    with folder_lock(tmp_path / "new") as lock:
+        assert lock.read_text() == f"{os.getpid()}\n"
+        with pytest.raises(FolderLockedError, match=f"another run \\(process {os.getpid()}\\) is writing there"):
+            with folder_lock(tmp_path / "new"):
+                pass
+    assert not (tmp_path / "new").exists()  # created by the lock, left empty: removed
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / LOCK_FILE).write_text("12345\n")  # stale: no process holds it
+    with folder_lock(tmp_path / "kept"):
+        pass
+    assert list((tmp_path / "kept").iterdir()) == []
+
+
+def test_folder_lock_of_a_killed_holder_is_taken_over(tmp_path):
+    from busdet.files import folder_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+                               "from busdet.files import folder_lock\n"
+                               "with folder_lock(sys.argv[2]):\n print('held', flush=True); time.sleep(60)",
+                               str(ROOT), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with folder_lock(tmp_path):  # the kernel dropped the dead holder's lock
+        pass

@@ -247,7 +247,8 @@ def test_bad_files_get_error_rows_and_the_rest_is_done(tmp_path, monkeypatch, ca
     assert rows.loc["truncated.png", "error"]
     for name in errors.index:  # one stderr line naming each file, with the reason
         assert any(name in message and rows.loc[name, "error"] in message for message in caplog.messages)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png", "images.csv", "predictions.csv"]
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["good.png", "images.csv", "predictions.csv", "run.json"]
 
 
 def test_decompression_bomb_past_the_pixel_limit(tmp_path, monkeypatch):
@@ -684,8 +685,9 @@ def test_a_folder_of_png_and_dicom_gets_copies_loops_and_both_tables(tmp_path, m
         "IM000006": "ok", "a_scan.png": "ok", "b_plain.dcm": "ok", "c_jpeg.dcm": "ok", "d_rle.dcm": "ok",
         "e_mono1.dcm": "ok", "g_loop.dcm": "ok", "h_report.dcm": "error", "i_truncated.dcm": "error"}
     assert rows.loc["h_report.dcm", "error"].startswith("DICOM without pixel data")
-    assert rows.loc["i_truncated.dcm", "error"].startswith("cannot decode the DICOM pixel data")
-    assert any(m.startswith(f"{tmp_path / 'in' / 'i_truncated.dcm'}: cannot decode") for m in caplog.messages)
+    assert rows.loc["i_truncated.dcm", "error"].startswith("DICOM pixel data holds ")  # fewer bytes than declared
+    assert "(a file cut short, or a wrong header)" in rows.loc["i_truncated.dcm", "error"]
+    assert any(m.startswith(f"{tmp_path / 'in' / 'i_truncated.dcm'}: DICOM pixel data") for m in caplog.messages)
     # images.csv is read as text here (empty cells stay ""): one row per file, its frames and key frame
     assert rows.loc["g_loop.dcm", ["frames", "key_frame", "boxes"]].astype(str).tolist() == ["12", "1", "12"]
     assert rows.loc["b_plain.dcm", ["frames", "key_frame", "boxes"]].astype(str).tolist() == ["", "", "1"]
@@ -800,7 +802,7 @@ def test_no_header_field_but_geometry_reaches_any_output(tmp_path, monkeypatch, 
     assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out") == 1
     outputs_ = sorted(p for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert {p.name for p in outputs_} == {"loop.dcm.png", "loop.dcm.mp4", "single.dcm.png", "images.csv",
-                                          "predictions.csv"}
+                                          "predictions.csv", "run.json"}
     terminal = capsys.readouterr()
     texts = [p.read_bytes() for p in outputs_] + [
         "\n".join(caplog.messages).encode(), terminal.out.encode(), terminal.err.encode()]

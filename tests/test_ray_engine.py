@@ -193,3 +193,81 @@ def test_actors_that_cannot_load_the_model_stop_the_run_with_one_line(tmp_path, 
     assert len(errors) == 1 and errors[0].startswith("error: the Ray run stopped (")
     assert errors[0].endswith("0 images are in the tables, --resume continues")
     assert read_tables(tmp_path / "out")[1].empty
+
+
+@pytest.mark.slow
+def test_hostile_names_come_out_of_both_engines_alike(tmp_path, monkeypatch, ray_instance):
+    """Names that are not UTF-8 (Arrow strings must be), hold a CR or start a formula: same files either way."""
+    for name in [os.fsdecode(b"caf\xe9.png"), "scan\r01.png", "=cmd.png", "plain.png"]:
+        save(tmp_path / "in" / name, gray_ramp())
+    assert run_engine(monkeypatch, "local", tmp_path / "in", tmp_path / "local") == 0
+    assert run_engine(monkeypatch, "ray", tmp_path / "in", tmp_path / "ray") == 0
+    assert folder_hashes(tmp_path / "ray") == folder_hashes(tmp_path / "local")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_ray_run_and_keeps_what_finished(tmp_path, ray_instance):
+    from busdet import batch, cli, ray_engine
+    from busdet.files import read_csv
+
+    for letter in "abcdef":
+        save(tmp_path / "in" / f"{letter}.png", gray_ramp())
+    plan = batch.plan_batch(tmp_path / "in", tmp_path / "out")
+
+    def terminated_after_two(records, total=None):
+        for count, record in enumerate(records):
+            if count == 2:
+                raise cli.Terminated()  # what busdet.cli's SIGTERM handler raises
+            yield record
+
+    result = ray_engine.run_batch(lambda: fake_detector(content_answer), plan, 0.5, progress=terminated_after_two)
+    assert result.interrupted and result.terminated
+    assert len(read_csv(tmp_path / "out" / "images.csv")) == 2
+
+
+RAY_DRIVER = """
+import sys
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+import predict, test_predict, test_ray_engine
+from busdet import cli, ray_engine
+for module in (test_predict, test_ray_engine):
+    ray_engine.ray.cloudpickle.register_pickle_by_value(module)
+predict.load_detector = lambda *args: test_predict.fake_detector(test_ray_engine.slow_after_first)
+sys.exit(cli.run_command(predict.main, predict.get_args_parser()))
+"""
+
+
+def slow_after_first(image):
+    """The fake model on Ray's actors: 201-pixel-wide images go at once, every other takes 60 s."""
+    import time
+
+    if image.shape[1] != 201:
+        time.sleep(60)
+    return content_answer(image)
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_ray_run_saves_the_tables_and_exits_143(tmp_path):
+    """ray.init replaces the SIGTERM handler; predict.py must still save what finished."""
+    import signal
+    import time
+
+    fast = [f"a{k}.png" for k in range(4)]  # one block of rows (ray_engine.ROWS_PER_BLOCK) that finishes
+    for name in fast:
+        save(tmp_path / "in" / name, gray_ramp(201, 100))
+    for k in range(4):
+        save(tmp_path / "in" / f"b{k}.png", gray_ramp())
+    script = RAY_DRIVER.format(root=str(ROOT), tests=str(ROOT / "tests"))
+    process = subprocess.Popen([sys.executable, "-c", script, "--input", str(tmp_path / "in"), "--output",
+                                str(tmp_path / "out"), "--engine", "ray"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "out" / fast[-1]).exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert "stopped by SIGTERM" in err
+    from busdet.files import read_csv
+    # The tables are written; which finished records Ray Data has streamed back by then is its business.
+    assert set(read_csv(tmp_path / "out" / "images.csv")["filename"]) <= set(fast)

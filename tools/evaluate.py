@@ -15,7 +15,8 @@ score outside [0, 1] or an empty file stops the run with the file, line and reas
 
 Exit status: 0 report written, 1 written but some gallery images were missing or
 unreadable (see stderr), 2 bad input (a bad row, predictions for images the
-annotations do not list, an output folder that cannot be written), 130 interrupted.
+annotations do not list, an output folder that cannot be written), 130 interrupted
+(143 when stopped by SIGTERM).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from busdet import evaluation  # noqa: E402
-from busdet.cli import run_command  # noqa: E402
+from busdet.cli import configure_logging, run_command, say  # noqa: E402
 from busdet.files import check_writable_folder  # noqa: E402
 from busdet.inference import (DEFAULT_SCORE_THRESHOLD, ModelLoadError, default_score_threshold,  # noqa: E402
                               read_model_info)
@@ -60,9 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING)
+    configure_logging("%(levelname)s: %(message)s", logging.WARNING)
     if args.images is not None and not args.images.is_dir():
-        print(f"error: --images {args.images}: not a folder", file=sys.stderr)
+        say(f"error: --images {args.images}: not a folder")
         return 2
     try:
         threshold = args.score_threshold
@@ -78,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
         evaluation.check_prediction_files(truth, predictions, source=str(args.predictions))
         result = evaluation.compute_evaluation(truth, image_labels, predictions, threshold, classes)
     except (OSError, ValueError, ModelLoadError) as error:  # EvaluationInputError and OutputError are ValueErrors
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         return 2
     outcome = evaluation.write_evaluation_report(
         result, truth, predictions, args.output, args.images,

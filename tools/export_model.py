@@ -10,7 +10,7 @@ operating threshold) and saved_model/model.onnx (tf2onnx; model_info.json record
 the SavedModel it was made from). The previous export is replaced only when the
 new one is complete. --onnx-for converts an existing SavedModel and keeps its
 weights and model_info.json. Exit status: 0 exported, 2 bad arguments or no
-checkpoint or SavedModel, 130 interrupted.
+checkpoint or SavedModel, 130 interrupted (143 when stopped by SIGTERM).
 """
 
 from __future__ import annotations

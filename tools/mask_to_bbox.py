@@ -11,7 +11,8 @@ stderr with the reason (among them a benign or malignant image whose masks hold 
 lesion region); everything else is still written.
 
 Exit status: 0 all files converted, 1 some files skipped (see stderr), 2 bad arguments
-(no class folders under --input, an --output that cannot be written), 130 interrupted.
+(no class folders under --input, an --output that cannot be written), 130 interrupted
+(143 when stopped by SIGTERM).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from tqdm import tqdm  # noqa: E402
 
 from busdet import annotations  # noqa: E402
-from busdet.cli import run_command  # noqa: E402
+from busdet.cli import run_command, say  # noqa: E402
 from busdet.files import check_output_file, write_csv, write_json  # noqa: E402
 from busdet.label_map import load_label_map  # noqa: E402
 
@@ -52,10 +53,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         classes = load_label_map(args.label_map)
     except (OSError, ValueError) as error:
-        print(f"error: label map {args.label_map}: {error}", file=sys.stderr)
+        say(f"error: label map {args.label_map}: {error}")
         return 2
     if not args.input.is_dir():
-        print(f"error: {args.input}: not a folder (expected one sub-folder per class)", file=sys.stderr)
+        say(f"error: {args.input}: not a folder (expected one sub-folder per class)")
         return 2
     try:
         check_output_file(args.output)
@@ -63,10 +64,10 @@ def main(args: argparse.Namespace) -> int:
             args.input, list(classes.values()), args.negative_class, args.min_area,
             progress=lambda cases: tqdm(cases, desc="masks", unit="image", file=sys.stderr))
     except ValueError as error:  # an unwritable --output (OutputError); no class folder under --input
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         return 2
     for problem in problems:
-        print(problem.report_line, file=sys.stderr)
+        say(problem.report_line)
     skipped = sum(problem.skipped for problem in problems)
     if args.format == "coco":
         write_json(annotations.annotations_to_coco(images, classes), args.output)
@@ -75,8 +76,8 @@ def main(args: argparse.Namespace) -> int:
     boxes = Counter(box.label for image in images for box in image.boxes)
     negatives = sum(1 for image in images if not image.boxes)
     per_class = ", ".join(f"{name} {boxes.get(name, 0)}" for name in classes.values())
-    print(f"{len(images)} images, {sum(boxes.values())} boxes ({per_class}), {negatives} without lesion, "
-          f"{skipped} skipped -> {args.output}", file=sys.stderr)
+    say(f"{len(images)} images, {sum(boxes.values())} boxes ({per_class}), {negatives} without lesion, "
+        f"{skipped} skipped -> {args.output}")
     return 1 if skipped else 0
 
 

@@ -14,7 +14,7 @@ of git, its gallery shows dataset images) and prints the metrics as JSON: per da
 pooled, and per scanner where the dataset names them (BUS-BRA's bus_data.csv). With
 --write-model-info the threshold, the datasets and the metrics go into
 saved_model/model_info.json, where predict.py and the app read them.
-Exit status: 0 done, 2 bad arguments, model or dataset, 130 interrupted.
+Exit status: 0 done, 2 bad arguments, model or dataset, 130 interrupted (143: SIGTERM).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ With --config configs/multi_worker.yaml (runtime.distribution_strategy: multi_wo
 it trains on the workers named in TF_CONFIG (docs/scaling.md); otherwise on this machine.
 TensorBoard logs go to --model-dir; the resolved config to --model-dir/params.yaml.
 Exit status: 0 done (or stopped early), 1 training failed, 2 bad arguments or data,
-130 interrupted (the latest checkpoint stays; the same command resumes).
+130 interrupted, 143 stopped by SIGTERM (the latest checkpoint stays; the same command resumes).
 """
 
 from __future__ import annotations

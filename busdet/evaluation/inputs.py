@@ -24,6 +24,7 @@ import pandas as pd
 
 from busdet.annotations import ANNOTATION_COLUMNS, image_label
 from busdet.boxes import Box, box_from_xywh
+from busdet.files import read_csv
 from busdet.tables import SEED_PREDICTION_COLUMNS
 
 BOX_FIELDS = ["xmin", "ymin", "width", "height"]
@@ -52,7 +53,7 @@ def read_box_rows(path: Path, columns: Sequence[str]) -> List[Tuple[str, str, Op
         (file, line number and reason).
     """
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = read_csv(path)
     except pd.errors.EmptyDataError:
         raise EvaluationInputError(f"{path}: file is empty (expected the header {','.join(columns)})") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:

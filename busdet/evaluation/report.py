@@ -18,7 +18,7 @@ from busdet.boxes import Box
 from busdet.evaluation.gallery import DEFAULT_PER_KIND, KIND_TITLES, GalleryCase, select_cases, write_gallery
 from busdet.evaluation.metrics import DEFINITIONS, Evaluation
 from busdet.evaluation.plots import write_plots
-from busdet.files import atomic_write, write_json
+from busdet.files import atomic_write, printable, write_json
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
@@ -62,6 +62,12 @@ def write_evaluation_report(evaluation: Evaluation, truth: Mapping[str, Sequence
     return outcome
 
 
+def _code(text: str) -> str:
+    """A file name as a Markdown code span on one line: control characters escaped, backticks fenced."""
+    text = printable(text)
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
 def _value(metrics: Mapping[str, object], key: str) -> str:
     value = metrics.get(key)
     return "n/a" if value is None else f"{value:.3f}"
@@ -71,8 +77,8 @@ def _summary_lines(evaluation: Evaluation, sources: Mapping[str, str]) -> List[s
     m = evaluation.metrics
     image_counts = ", ".join(f"{m[k]} {k.removeprefix('images_')}" for k in m if k.startswith("images_"))
     lesion_counts = ", ".join(f"{m[f'lesions_{c}']} {c}" for c in evaluation.classes)
-    lines = [f"- annotations: `{sources['annotations']}`" if "annotations" in sources else "",
-             f"- predictions: `{sources['predictions']}`" if "predictions" in sources else "",
+    lines = [f"- annotations: {_code(sources['annotations'])}" if "annotations" in sources else "",
+             f"- predictions: {_code(sources['predictions'])}" if "predictions" in sources else "",
              f"- {m['images']} images ({image_counts}), {m['lesions']} true lesions ({lesion_counts})",
              f"- {m['predicted_boxes']} predicted boxes (all scores; AP and curves use them all)",
              f"- operating score threshold **{m['score_threshold']:g}** for the threshold metrics, gallery and "
@@ -103,10 +109,11 @@ def _gallery_lines(outcome: ReportOutcome, images_dir: Optional[Path]) -> List[s
     for kind, title in KIND_TITLES.items():
         entries = [(case, name) for case, name in outcome.gallery if case.kind == kind]
         lines += [f"### {title}", ""]
-        lines += [f"- [{name}]({GALLERY_DIR}/{name}) `{case.filename}`: {case.reason}" for case, name in entries]
+        lines += [f"- [{name}]({GALLERY_DIR}/{name}) {_code(case.filename)}: {printable(case.reason)}"
+                  for case, name in entries]
         lines += ([] if entries else ["- none"]) + [""]
     if outcome.problems:
-        lines += ["Left out (image not found or unreadable):", "", *(f"- {p}" for p in outcome.problems)]
+        lines += ["Left out (image not found or unreadable):", "", *(f"- {printable(p)}" for p in outcome.problems)]
     return lines
 
 

@@ -51,9 +51,10 @@ def test_storing_the_operating_point_keeps_the_rest_of_the_model_info(tmp_path):
     measured_on = [{"name": "busi", "citation": "c"}]
     store_operating_point(tmp_path, {"score_threshold": 0.31, "threshold_rule": "rule", "datasets": measured_on,
                                      "val": {"busi": {"AP50_lesion": 0.8}}, "test": {"busi": {"AP50_lesion": 0.7}},
-                                     "test_by_scanner": {}})
+                                     "test_by_scanner": {}, "val_threshold_by_dataset": {"busi": 0.31}})
     assert read_model_info(tmp_path) == {"input_size": [640, 640], "classes": CLASSES, "score_threshold": 0.31,
                                          "threshold_rule": "rule", "measured_on": measured_on,
+                                         "val_threshold_by_dataset": {"busi": 0.31},
                                          "test_metrics": {"busi": {"AP50_lesion": 0.7}},
                                          "val_metrics": {"busi": {"AP50_lesion": 0.8}}, "test_by_scanner": {}}
     assert [p.name for p in tmp_path.iterdir()] == [MODEL_INFO_FILE]

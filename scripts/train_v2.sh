@@ -12,7 +12,9 @@ PY=${PY:-.venv/bin/python}
 DATA=(--data "busi=$BUSI" --data "busbra=$BUSBRA")
 
 # Stage 1's weights only serve to start stage 2: once stage 2 has a checkpoint of its
-# own (committed when a session ends mid-run), stage 1 is skipped.
+# own, stage 1 is skipped. v2 is finished: only runs/v2_640/best stays in the tree, so
+# on a fresh clone this retrains both stages (the README says how to restore the
+# deleted checkpoints from history instead).
 if [ ! -f runs/v2_640/checkpoint ]; then
   $PY tools/train.py "${DATA[@]}" --config configs/v2_stage1_256.yaml --model-dir runs/v2_256 >> runs/v2_256.log 2>&1
 fi

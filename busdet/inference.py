@@ -313,13 +313,16 @@ def create_session(onnxruntime, path: Path, onnx_digest: Optional[str] = None):
         except Exception as error:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
             log.warning("%s: cannot load the cached optimised graph (%s); optimising again", cached, error)
             options = build_session_options(onnxruntime)
+    if not os.access(path.parent, os.W_OK):  # a read-only model folder: optimised in memory only
+        return onnxruntime.InferenceSession(str(path), options, providers=providers)
     partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
     options.optimized_model_filepath = str(partial)
     try:
         session = onnxruntime.InferenceSession(str(path), options, providers=providers)
-    except Exception:
+    except Exception as error:  # noqa: BLE001 - perhaps only the saving failed: try without it
         partial.unlink(missing_ok=True)
-        raise
+        log.debug("%s: loading while saving the optimised graph failed (%s)", path, error)
+        return onnxruntime.InferenceSession(str(path), build_session_options(onnxruntime), providers=providers)
     try:
         os.replace(partial, cached)  # whole or not at all, for a concurrent load
     except OSError as error:  # a read-only model folder: optimised in memory only

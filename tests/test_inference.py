@@ -327,3 +327,21 @@ def test_onnx_boxes_match_the_saved_model_on_the_busi_test_images(busi_dir, labe
         mine, theirs = detect(onnx, image), detect(tensorflow, image)
         assert len(mine) == len(theirs) > 0, name
         assert unmatched_boxes(mine, theirs) == [], name
+
+
+def test_a_folder_where_the_cache_cannot_be_written_still_loads(tmp_path, monkeypatch):
+    """Saving the optimised graph failing (a read-only folder, a full disk) costs only the cache."""
+    import shutil
+
+    import busdet.inference as inference
+
+    shutil.copy(SHIPPED / ONNX_FILE, tmp_path / ONNX_FILE)
+    digest = read_model_info(SHIPPED)["onnx"]["sha256"]
+    monkeypatch.setattr(inference.os, "access", lambda path, mode: False)
+    predict, _ = inference.load_onnx_predict(tmp_path / ONNX_FILE, digest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ONNX_FILE]
+    monkeypatch.undo()
+    unsaveable = tmp_path / "cache-is-a-folder"
+    monkeypatch.setattr(inference, "optimized_model_path", lambda *args: unsaveable / "sub" / "x.onnx")
+    predict, _ = inference.load_onnx_predict(tmp_path / ONNX_FILE, digest)
+    assert int(predict(np.zeros((1, 200, 300, 3), np.uint8))["num_detections"][0]) >= 0

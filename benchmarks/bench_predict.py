@@ -3,19 +3,26 @@
 
     python benchmarks/bench_predict.py --model saved_model --images DIR --repeat 3 --json bench.json
     python benchmarks/bench_predict.py --runtime onnx      # one runtime only (default: both)
+    git show e92aaae:saved_model/model.onnx > before.onnx   # the graph with tf2onnx's NMS Loop
+    python benchmarks/bench_predict.py --baseline-onnx before.onnx   # ... timed in turn with both
 
 Measures, on the machine it runs on, for each runtime (``--runtime both``: TensorFlow
 and ONNX Runtime, each in a fresh process of its own, then their ratio):
   - model load time (``load_detector``, the runtime's import included);
   - warm end-to-end latency per image, one image at a time without overlap:
-    read + detect + draw + write of the annotated copy (median and p90), and the
-    model's share of it;
+    read + detect + draw + write of the annotated copy (median and p90), and each
+    stage's median: decode (reading the file), network (the model's call, its NMS
+    included), draw (the annotated copy), write (encoding and writing it); for ONNX
+    Runtime also the NMS alone (the graph's ``busdet_nms/`` nodes, from ONNX Runtime's
+    profiler on one more pass: TensorFlow's NMS cannot be timed apart);
   - folder throughput in images/s through ``busdet.batch.run_batch``, the function
     ``predict.py`` runs (reading and writing overlap with inference there);
   - peak resident memory of the process (``ru_maxrss``).
 With ``both``, the network time is measured once more with the two runtimes loaded
 in one process and called in turn on each image (``network_ms_*_interleaved``), so
-that the load of a shared machine weighs on both alike.
+that the load of a shared machine weighs on both alike, as wall time and as the
+process's CPU time (``network_cpu_ms_*``: what a loaded machine distorts least);
+``--baseline-onnx`` adds another ONNX file to that round (before/after a graph change).
 
 ``--images`` is read recursively; files named ``*_mask*`` are left out, so a BUSI
 class folder can be given as it is. Without ``--images``, BUSI-sized synthetic
@@ -46,14 +53,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from busdet import batch  # noqa: E402
 from busdet.downloads import annotated_image  # noqa: E402
 from busdet.images import read_image, write_image  # noqa: E402
-from busdet.inference import RUNTIMES, load_detector, timed_detect  # noqa: E402
+from busdet.inference import RUNTIMES, load_detector, load_onnx_predict, timed_detect  # noqa: E402
 from busdet.results import analyse_image  # noqa: E402
 from busdet.phantoms import generate_phantom, phantom_filename  # noqa: E402
 
 COMPARED = ("tensorflow", "onnx")
+STAGES = ("decode", "network", "draw", "write")
 RATIO_FIGURES = ("model_load_s", "end_to_end_ms_median", "end_to_end_ms_p90", "model_ms_median", "model_ms_min",
-                 "model_ms_p90", "folder_images_per_s_median", "folder_images_per_s_best", "peak_rss_mb",
-                 "network_ms_median_interleaved", "network_ms_min_interleaved")
+                 "model_ms_p90", *(f"{stage}_ms_median" for stage in STAGES), "nms_ms_median",
+                 "folder_images_per_s_median", "folder_images_per_s_best", "peak_rss_mb",
+                 "network_ms_median_interleaved", "network_ms_min_interleaved", "network_cpu_ms_median_interleaved")
+# --baseline-onnx: another ONNX file (e.g. an earlier export) timed in turn with the two runtimes.
+BASELINE = "onnx_baseline"
 SHARED_FIGURES = ("images", "repeat", "load_average_1min")
 
 
@@ -69,6 +80,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime", choices=[*RUNTIMES, "both"], default="both",
                         help="what runs the model (see predict.py --runtime); both: TensorFlow and ONNX "
                              "Runtime in one run, with their ratio (default: %(default)s)")
+    parser.add_argument("--baseline-onnx", type=Path, default=None,
+                        help="with --runtime both: also time this ONNX file's network in turn with the two "
+                             "(e.g. the previous export: git show REV:saved_model/model.onnx > before.onnx)")
     return parser
 
 
@@ -86,20 +100,49 @@ def select_plan(images_dir: Path, output_dir: Path, limit: int) -> batch.BatchPl
     return dataclasses.replace(plan, images=chosen, skipped=[])
 
 
-def end_to_end_latencies(detector, plan: batch.BatchPlan, repeat: int):
-    """Seconds per image for read + detect + draw + write (the per-image function of the page
-    and the CLI, then the drawing), and for detect alone."""
-    total, model = [], []
+def stage_latencies(detector, plan: batch.BatchPlan, repeat: int) -> dict:
+    """Seconds per image of each stage, one image at a time: ``{"decode", "network", "draw", "write",
+    "total"}`` arrays. The network is the per-image function of the page and the CLI
+    (:func:`busdet.results.analyse_image`, which times the model's call)."""
+    seconds = {stage: [] for stage in (*STAGES, "total")}
     for _ in range(repeat):
         for relative in plan.images:
             start = time.perf_counter()
-            result, scan = analyse_image(detector, relative.as_posix(),
-                                         functools.partial(read_image, plan.input_dir / relative),
-                                         detector.score_threshold)
-            write_image(plan.output_path(relative), annotated_image(result, scan), overwrite=True)
-            total.append(time.perf_counter() - start)
-            model.append(result.seconds)
-    return np.array(total), np.array(model)
+            image = read_image(plan.input_dir / relative)
+            decoded = time.perf_counter()
+            result, scan = analyse_image(detector, relative.as_posix(), lambda: image, detector.score_threshold)
+            analysed = time.perf_counter()
+            annotated = annotated_image(result, scan)
+            drawn = time.perf_counter()
+            write_image(plan.output_path(relative), annotated, overwrite=True)
+            written = time.perf_counter()
+            for stage, value in zip(("decode", "network", "draw", "write", "total"),
+                                    (decoded - start, result.seconds, drawn - analysed, written - drawn,
+                                     written - start)):
+                seconds[stage].append(value)
+    return {stage: np.array(values) for stage, values in seconds.items()}
+
+
+def onnx_nms_ms(detector, images) -> float:
+    """Median ms per image of the ONNX graph's NMS nodes (``busdet_nms/``), from ONNX Runtime's profiler."""
+    import onnxruntime
+
+    from busdet.inference import ONNX_FILE, build_session_options
+
+    with tempfile.TemporaryDirectory(prefix="bench_profile_") as folder:
+        options = build_session_options(onnxruntime)
+        options.enable_profiling, options.profile_file_prefix = True, str(Path(folder) / "profile")
+        session = onnxruntime.InferenceSession(str(detector.model_dir / ONNX_FILE), options,
+                                               providers=["CPUExecutionProvider"])
+        for image in images:
+            session.run(None, {session.get_inputs()[0].name: image[np.newaxis]})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = [event for event in events if event.get("name") == "model_run"]
+    nms = [event for event in events if event.get("cat") == "Node" and event["name"].startswith("busdet_nms/")
+           and event["name"].endswith("_kernel_time")]
+    # The first run is a warm-up; the rest are split evenly.
+    per_run = [sum(e["dur"] for e in nms if run["ts"] <= e["ts"] <= run["ts"] + run["dur"]) for run in runs[1:]]
+    return round(float(np.median(per_run)) / 1000, 2) if per_run else float("nan")
 
 
 def folder_throughputs(detector, plan: batch.BatchPlan, repeat: int):
@@ -118,9 +161,14 @@ def measure(args: argparse.Namespace, images_dir: Path, output_dir: Path) -> dic
     if not plan.images:
         raise SystemExit(f"error: {images_dir}: no images found")
     timed_detect(detector, read_image(plan.input_dir / plan.images[0]))  # warm-up: graph tracing
-    total, model = end_to_end_latencies(detector, plan, args.repeat)
+    stages = stage_latencies(detector, plan, args.repeat)
+    total, model = stages["total"], stages["network"]
     rates = folder_throughputs(detector, plan, args.repeat)
-    sizes = [read_image(plan.input_dir / p).shape[:2] for p in plan.images]
+    images = [read_image(plan.input_dir / p) for p in plan.images]
+    sizes = [image.shape[:2] for image in images]
+    peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+    # After the peak memory: the profiling session is a second copy of the model.
+    nms = {"nms_ms_median": onnx_nms_ms(detector, images[:1] + images)} if detector.runtime == "onnx" else {}
     return {
         "model": str(args.model), "runtime": detector.runtime, "input_size": list(detector.input_size),
         "images": len(plan.images),
@@ -132,9 +180,11 @@ def measure(args: argparse.Namespace, images_dir: Path, output_dir: Path) -> dic
         "model_ms_median": round(float(np.median(model)) * 1000, 1),
         "model_ms_min": round(float(np.min(model)) * 1000, 1),
         "model_ms_p90": round(float(np.percentile(model, 90)) * 1000, 1),
+        **{f"{stage}_ms_median": round(float(np.median(stages[stage])) * 1000, 1) for stage in STAGES},
+        **nms,
         "folder_images_per_s_median": round(float(np.median(rates)), 2),
         "folder_images_per_s_best": round(float(rates.max()), 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # KiB on Linux
+        "peak_rss_mb": peak_rss_mb,
     }
 
 
@@ -149,19 +199,27 @@ def measure_in_own_process(args: argparse.Namespace, runtime: str, images_dir: P
 
 
 def interleaved_network_ms(args: argparse.Namespace, images_dir: Path, output_dir: Path) -> dict:
-    """Network ms of both runtimes loaded in this process, called in turn on every image."""
+    """Network ms of both runtimes (and ``--baseline-onnx``) loaded in this process, called in turn
+    on every image: wall time, and the process's CPU time (which a loaded machine distorts less)."""
     detectors = {runtime: load_detector(args.model, args.label_map, runtime) for runtime in COMPARED}
+    if args.baseline_onnx:
+        predict, session = load_onnx_predict(args.baseline_onnx)
+        detectors[BASELINE] = dataclasses.replace(detectors["onnx"], predict=predict, owner=session)
     plan = select_plan(images_dir, output_dir, args.limit)
     images = [read_image(plan.input_dir / relative) for relative in plan.images]
-    seconds = {runtime: [] for runtime in COMPARED}
+    seconds = {runtime: [] for runtime in detectors}
+    cpu = {runtime: [] for runtime in detectors}
     for detector in detectors.values():
         timed_detect(detector, images[0])  # warm-up
     for _ in range(args.repeat):
         for image in images:
             for runtime, detector in detectors.items():
+                started = time.process_time()
                 seconds[runtime].append(timed_detect(detector, image)[1])
+                cpu[runtime].append(time.process_time() - started)
     return {runtime: {"network_ms_median_interleaved": round(float(np.median(s)) * 1000, 1),
-                      "network_ms_min_interleaved": round(float(np.min(s)) * 1000, 1)}
+                      "network_ms_min_interleaved": round(float(np.min(s)) * 1000, 1),
+                      "network_cpu_ms_median_interleaved": round(float(np.median(cpu[runtime])) * 1000, 1)}
             for runtime, s in seconds.items()}
 
 
@@ -170,18 +228,27 @@ def compare_runtimes(args: argparse.Namespace, images_dir: Path, scratch: Path) 
     Runtime for times and memory, ONNX Runtime / TensorFlow for images/s: above 1 is ONNX's gain)."""
     figures = {runtime: measure_in_own_process(args, runtime, images_dir, scratch) for runtime in COMPARED}
     for runtime, extra in interleaved_network_ms(args, images_dir, scratch / "output").items():
-        figures[runtime].update(extra)
+        figures.setdefault(runtime, {}).update(extra)
     tensorflow, onnx = (figures[runtime] for runtime in COMPARED)
-    figures["ratio"] = {name: round(onnx[name] / tensorflow[name] if name.startswith("folder_images")
-                                    else tensorflow[name] / onnx[name], 2)
-                        for name in onnx if isinstance(onnx[name], (int, float)) and name in RATIO_FIGURES}
+    figures["ratio"] = ratios(tensorflow, onnx)
+    if BASELINE in figures:
+        figures[f"ratio_{BASELINE}"] = ratios(figures[BASELINE], onnx)
     return figures
+
+
+def ratios(reference: dict, onnx: dict) -> dict:
+    """``reference / onnx`` for times and memory, ``onnx / reference`` for images/s (above 1: ONNX's gain)."""
+    return {name: round(onnx[name] / reference[name] if name.startswith("folder_images")
+                        else reference[name] / onnx[name], 2)
+            for name in onnx if isinstance(onnx[name], (int, float)) and name in RATIO_FIGURES
+            and reference.get(name)}
 
 
 def print_table(figures: dict) -> None:
     """One row per figure, one column per runtime (and the ratio)."""
     columns = list(figures)
-    rows = [name for name in figures[columns[0]] if name in RATIO_FIGURES or name in SHARED_FIGURES]
+    rows = list(dict.fromkeys(name for column in columns for name in figures[column]
+                              if name in RATIO_FIGURES or name in SHARED_FIGURES))
     width = max(map(len, rows))
     print(f"{'':<{width}}  " + "  ".join(f"{column:>12}" for column in columns))
     for name in rows:

@@ -8,11 +8,18 @@
 pre-NMS floor), so a threshold can change without running the model again.
 
 Two runtimes serve the same graph: ONNX Runtime runs ``model.onnx`` (the
-SavedModel converted by tf2onnx, :func:`busdet.training.export.export_onnx`) and
+SavedModel converted by tf2onnx, its NMS as ONNX's own ``NonMaxSuppression``:
+:func:`busdet.training.export.export_onnx`) and
 TensorFlow runs the SavedModel itself. ``runtime="auto"`` takes ONNX Runtime when
 ``model.onnx`` is there and ``model_info.json`` says it was made from this very
 SavedModel (a digest of its files), TensorFlow otherwise; ``"onnx"`` refuses a
 missing or stale ONNX file. The ONNX path never imports TensorFlow.
+
+ONNX Runtime runs on as many threads as the process has cores (its CPU affinity,
+capped by a cgroup CPU quota: :func:`available_cores`), and keeps the graph it
+optimised at the first load beside ``model.onnx`` (a hidden file named by the ONNX
+file's digest, the ONNX Runtime version and the CPU), so later loads skip the
+optimisation; where the folder is read-only it optimises in memory every time.
 
 ``model_info.json`` beside the SavedModel (input size, classes, operating point,
 metrics) is read and written only through :func:`read_model_info` and
@@ -24,6 +31,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import platform
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -238,7 +247,7 @@ def load_detector(model_dir: str | Path, label_map_path: str | Path, runtime: st
     check_classes(classes, info, label_map_path, model_dir)
     runtime = choose_runtime(model_dir, info, runtime)
     if runtime == "onnx":
-        predict, owner = load_onnx_predict(model_dir / ONNX_FILE)
+        predict, owner = load_onnx_predict(model_dir / ONNX_FILE, info["onnx"]["sha256"])
     else:
         predict, owner = load_tensorflow_predict(model_dir)
     return Detector(predict=predict, classes=classes, input_size=tuple(info.get("input_size", DEFAULT_INPUT_SIZE)),
@@ -259,17 +268,117 @@ def load_tensorflow_predict(model_dir: Path) -> Tuple[Callable, object]:
     return (lambda batch: signature(inputs=tf.constant(batch, dtype=tf.uint8))), loaded
 
 
-def load_onnx_predict(path: Path) -> Tuple[Callable, object]:
-    """``(predict, session)`` of an ONNX file on ONNX Runtime's CPU provider (no TensorFlow)."""
+def available_cores() -> int:
+    """The cores this process may really use: its CPU affinity, capped by a cgroup CPU quota (a
+    container's ``--cpus``), at least 1. ``os.cpu_count()`` counts the host's, which oversubscribes."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, int(quota)) if quota else cores)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> Optional[float]:
+    """CPUs allowed by the cgroup's quota (v2 ``cpu.max`` "200000 100000" -> 2.0, v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``); None without a quota or a cgroup file."""
+    for quota_file, period_file in ((root / "cpu.max", None), (root / "cpu" / "cpu.cfs_quota_us",
+                                                                 root / "cpu" / "cpu.cfs_period_us")):
+        try:
+            fields = quota_file.read_text().split()
+            if period_file is not None:
+                fields.append(period_file.read_text().strip())
+            quota, period = fields[0], fields[1]
+        except (OSError, IndexError):
+            continue
+        if quota in ("max", "-1") or float(period) <= 0:
+            return None
+        return float(quota) / float(period)
+    return None
+
+
+def optimized_model_path(path: Path, onnx_digest: str, runtime_version: str) -> Path:
+    """Where ONNX Runtime's optimised graph of ``path`` is kept: beside it, hidden, named by the ONNX
+    file's digest, the runtime's version and this CPU (a fully optimised graph may use its layout)."""
+    machine = hashlib.sha256(f"{platform.machine()} {_cpu_flags()}".encode()).hexdigest()[:8]
+    return path.with_name(f".{path.stem}.{onnx_digest[:16]}.ort{runtime_version}.{machine}.onnx")
+
+
+def _cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    return next((line for line in text.splitlines() if line.startswith("flags")), "")
+
+
+def build_session_options(onnxruntime, threads: Optional[int] = None):
+    """Session options for this machine: ``threads`` (default :func:`available_cores`) inside each
+    operator, one stream of operators (the graph is a chain), idle threads that sleep, errors-only logs.
+
+    Measured (issue 21, README "Speed"): threads that spin between operators cost a quarter
+    more CPU for no gain when the cores are shared (decoding and writing in the folder path,
+    or a training run); switching the memory arena off made runs slower, so it stays on.
+    """
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: its graph-optimiser notes mean nothing to a user
+    options.intra_op_num_threads = threads or available_cores()
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def create_session(onnxruntime, path: Path, onnx_digest: Optional[str] = None):
+    """An InferenceSession of ``path`` on the CPU; with ``onnx_digest`` (the file's sha256, as
+    ``model_info.json`` records it) the optimised graph is cached beside it (see the module doc)."""
+    options = build_session_options(onnxruntime)
+    providers = ["CPUExecutionProvider"]
+    if onnx_digest is None:
+        return onnxruntime.InferenceSession(str(path), options, providers=providers)
+    cached = optimized_model_path(path, onnx_digest, onnxruntime.__version__)
+    if cached.is_file():
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # done already
+        try:
+            return onnxruntime.InferenceSession(str(cached), options, providers=providers)
+        except Exception as error:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
+            log.warning("%s: cannot load the cached optimised graph (%s); optimising again", cached, error)
+            options = build_session_options(onnxruntime)
+    if not os.access(path.parent, os.W_OK):  # a read-only model folder: optimised in memory only
+        return onnxruntime.InferenceSession(str(path), options, providers=providers)
+    partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
+    options.optimized_model_filepath = str(partial)
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+    except Exception as error:  # noqa: BLE001 - perhaps only the saving failed: try without it
+        partial.unlink(missing_ok=True)
+        log.debug("%s: loading while saving the optimised graph failed (%s)", path, error)
+        return onnxruntime.InferenceSession(str(path), build_session_options(onnxruntime), providers=providers)
+    try:
+        os.replace(partial, cached)  # whole or not at all, for a concurrent load
+    except OSError as error:  # a read-only model folder: optimised in memory only
+        log.debug("%s: optimised graph not cached (%s)", cached, error)
+        partial.unlink(missing_ok=True)
+        return session
+    for stale in path.parent.glob(f".{path.stem}.*.onnx"):  # of an earlier model.onnx or runtime
+        if stale != cached:
+            stale.unlink(missing_ok=True)
+    return session
+
+
+def load_onnx_predict(path: Path, onnx_digest: Optional[str] = None) -> Tuple[Callable, object]:
+    """``(predict, session)`` of an ONNX file on ONNX Runtime's CPU provider (no TensorFlow).
+
+    ``onnx_digest``: the file's sha256 as the exporter recorded it; it names the cached
+    optimised graph (:func:`create_session`). Without it nothing is cached.
+    """
     try:
         import onnxruntime
     except ImportError:
         raise ModelLoadError(f"{path}: onnxruntime is not installed (pip install -r requirements.txt), "
                              "or use the TensorFlow runtime") from None
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # errors only: its graph-optimiser notes mean nothing to a user
     try:
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = create_session(onnxruntime, path, onnx_digest)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ModelLoadError(f"{path}: cannot load the ONNX model ({type(error).__name__}: "
                              f"{_first_line(error)})") from None

@@ -182,22 +182,27 @@ def run_both_runtimes(model: Path, label_map_path: Path):
     return pairs
 
 
-def unmatched_detections(mine: dict, theirs: dict, tolerance: float = 1e-4) -> list:
-    """Rows of ``theirs`` with no partner in ``mine`` (same class, score and normalised box within
-    ``tolerance``), matched one to one, not by position."""
-    count = int(theirs["num_detections"])
-    free = list(range(int(mine["num_detections"])))
-    missing = []
-    for row in range(count):
-        partner = next((j for j in free if mine["detection_classes"][j] == theirs["detection_classes"][row]
-                        and abs(mine["detection_scores"][j] - theirs["detection_scores"][row]) <= tolerance
-                        and np.abs(mine["detection_boxes"][j] - theirs["detection_boxes"][row]).max() <= tolerance),
-                       None)
+def unmatched(mine: list, theirs: list, agree) -> list:
+    """Items of ``theirs`` with no partner in ``mine`` for which ``agree(partner, item)``, matched one to one."""
+    free, missing = list(mine), []
+    for item in theirs:
+        partner = next((candidate for candidate in free if agree(candidate, item)), None)
         if partner is None:
-            missing.append(row)
+            missing.append(item)
         else:
             free.remove(partner)
     return missing
+
+
+def unmatched_detections(mine: dict, theirs: dict, tolerance: float = 1e-4) -> list:
+    """Rows of ``theirs`` with no partner in ``mine`` (same class, score and normalised box within
+    ``tolerance``), matched one to one, not by position."""
+    def agree(j: int, row: int) -> bool:
+        return (mine["detection_classes"][j] == theirs["detection_classes"][row]
+                and abs(mine["detection_scores"][j] - theirs["detection_scores"][row]) <= tolerance
+                and np.abs(mine["detection_boxes"][j] - theirs["detection_boxes"][row]).max() <= tolerance)
+
+    return unmatched(range(int(mine["num_detections"])), range(int(theirs["num_detections"])), agree)
 
 
 @pytest.mark.slow
@@ -223,3 +228,121 @@ def test_smoke_model_export_writes_a_current_onnx_file_that_agrees(smoke_model, 
         assert int(mine["num_detections"]) == count > 0
         np.testing.assert_allclose(np.sort(mine["detection_scores"][:count]),
                                    np.sort(theirs["detection_scores"][:count]), rtol=0, atol=1e-4)
+
+
+# --- the session tuned for the machine (issue 21) --------------------------------------------------
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "150000 100000\n"}, 1.5),
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+], ids=["v2 quota", "v2 unlimited", "v1 quota", "v1 unlimited", "no cgroup"])
+def test_cgroup_cpu_quota_reads_v1_and_v2(tmp_path, files, expected):
+    from busdet.inference import cgroup_cpu_quota
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_quota(tmp_path) == expected
+
+
+def test_available_cores_follow_the_affinity_and_the_quota(monkeypatch):
+    import busdet.inference as inference
+
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(inference, "cgroup_cpu_quota", lambda: None)
+    assert inference.available_cores() == 4
+    monkeypatch.setattr(inference, "cgroup_cpu_quota", lambda: 2.5)
+    assert inference.available_cores() == 2
+    monkeypatch.setattr(inference, "cgroup_cpu_quota", lambda: 0.5)
+    assert inference.available_cores() == 1
+
+
+def test_optimised_graph_is_cached_beside_the_model_and_serves_the_same_outputs(tmp_path):
+    """The first load writes the optimised graph (named by the digest); the second loads it; both agree."""
+    import shutil
+
+    from busdet.inference import load_onnx_predict, optimized_model_path
+    from busdet.phantoms import generate_phantom
+
+    onnx_path = tmp_path / ONNX_FILE
+    shutil.copy(SHIPPED / ONNX_FILE, onnx_path)
+    digest = read_model_info(SHIPPED)["onnx"]["sha256"]
+    (tmp_path / f".model.{'0' * 16}.ort0.old.onnx").write_bytes(b"an earlier model's cache")
+    first, _ = load_onnx_predict(onnx_path, digest)
+    cached = optimized_model_path(onnx_path, digest, version("onnxruntime"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([cached.name, ONNX_FILE])
+    second, _ = load_onnx_predict(onnx_path, digest)
+    image = generate_phantom(3, "malignant").image[np.newaxis]
+    for name, value in first(image).items():
+        np.testing.assert_allclose(second(image)[name], value, rtol=0, atol=1e-6)
+    cached.write_bytes(b"damaged")
+    third, _ = load_onnx_predict(onnx_path, digest)  # a damaged cache is rebuilt
+    assert int(third(image)["num_detections"][0]) == int(first(image)["num_detections"][0])
+    assert cached.stat().st_size > 1000
+
+
+def test_shipped_onnx_graph_has_native_nms_and_records_its_settings():
+    """The NMS is ONNX's NonMaxSuppression (no tf2onnx Loop of Model Garden's), with the generator's settings."""
+    import onnx
+
+    graph = onnx.load(str(SHIPPED / ONNX_FILE)).graph
+    loops = [node.name for node in graph.node if node.op_type == "Loop"]
+    assert [node.op_type for node in graph.node].count("NonMaxSuppression") == 1
+    assert not any("nms" in name for name in loops), loops
+    nms = read_model_info(SHIPPED)["onnx"]["nms"]
+    assert nms == {"op": "NonMaxSuppression", "class_agnostic": True, "pre_nms_top_k": 5000,
+                   "score_threshold": 0.01, "iou_threshold": 0.6, "max_detections": 60}
+    assert [o.name for o in graph.output][:4] == ["detection_boxes", "detection_scores", "detection_classes",
+                                                  "num_detections"]
+
+
+def unmatched_boxes(mine, theirs, pixels: float = 1.0, score: float = 1e-3) -> list:
+    """Boxes of ``theirs`` with no partner in ``mine`` (same label, corners within ``pixels``, score
+    within ``score``), matched one to one."""
+    def agree(box, other) -> bool:
+        return (box.label == other.label and abs(box.score - other.score) <= score
+                and max(abs(box.xmin - other.xmin), abs(box.ymin - other.ymin), abs(box.xmax - other.xmax),
+                        abs(box.ymax - other.ymax)) <= pixels)
+
+    return unmatched(mine, theirs, agree)
+
+
+@pytest.mark.slow
+def test_onnx_boxes_match_the_saved_model_on_the_busi_test_images(busi_dir, label_map_path):
+    """The SavedModel is the reference: on every BUSI test image (data/busi_split.csv) ONNX Runtime
+    returns the same detections, boxes within 1 px and scores within 1e-3 (issue 21)."""
+    from busdet.datasets import read_split_csv
+    from busdet.images import read_image
+    from busdet.inference import detect
+
+    onnx, tensorflow = (load_detector(SHIPPED, label_map_path, runtime) for runtime in ("onnx", "tensorflow"))
+    names = sorted(name for name, split in read_split_csv(ROOT / "data" / "busi_split.csv").items()
+                   if split == "test")
+    assert len(names) == 100
+    for name in names:
+        image = read_image(busi_dir / name.split(" (")[0] / name)
+        mine, theirs = detect(onnx, image), detect(tensorflow, image)
+        assert len(mine) == len(theirs) > 0, name
+        assert unmatched_boxes(mine, theirs) == [], name
+
+
+def test_a_folder_where_the_cache_cannot_be_written_still_loads(tmp_path, monkeypatch):
+    """Saving the optimised graph failing (a read-only folder, a full disk) costs only the cache."""
+    import shutil
+
+    import busdet.inference as inference
+
+    shutil.copy(SHIPPED / ONNX_FILE, tmp_path / ONNX_FILE)
+    digest = read_model_info(SHIPPED)["onnx"]["sha256"]
+    monkeypatch.setattr(inference.os, "access", lambda path, mode: False)
+    predict, _ = inference.load_onnx_predict(tmp_path / ONNX_FILE, digest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ONNX_FILE]
+    monkeypatch.undo()
+    unsaveable = tmp_path / "cache-is-a-folder"
+    monkeypatch.setattr(inference, "optimized_model_path", lambda *args: unsaveable / "sub" / "x.onnx")
+    predict, _ = inference.load_onnx_predict(tmp_path / ONNX_FILE, digest)
+    assert int(predict(np.zeros((1, 200, 300, 3), np.uint8))["num_detections"][0]) >= 0

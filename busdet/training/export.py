@@ -9,10 +9,14 @@ input image), ``detection_scores``, ``detection_classes`` (label-map ids) and
 ``num_detections``. ``model_info.json`` beside it (:func:`busdet.inference.write_model_info`)
 records the input size, the label map and the operating threshold.
 
-:func:`export_onnx` converts the SavedModel, the whole ``serving_default`` graph
-(resize-with-pad and NMS included), into ``model.onnx`` beside it with tf2onnx,
-and records in ``model_info.json`` the digests that let
-:func:`busdet.inference.load_detector` refuse a stale ONNX file.
+:func:`export_onnx` converts the SavedModel's ``serving_default`` graph into
+``model.onnx`` beside it with tf2onnx, up to the decoded boxes and scores of every
+anchor, and appends the detection generator's selection (top-k, class-agnostic
+NMS, rescaling) as native ONNX ops (:mod:`busdet.onnx_nms`: tf2onnx would make a
+slow ``Loop`` of Model Garden's NMS). The outputs keep the signature's names. It
+records in ``model_info.json`` the digests that let
+:func:`busdet.inference.load_detector` refuse a stale ONNX file, and the NMS
+settings the graph applies.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Optional
@@ -33,10 +38,17 @@ from busdet.datasets import citation_line
 from busdet.files import atomic_write
 from busdet.inference import (ONNX_FILE, compute_file_digest, compute_saved_model_digest, read_model_info,
                               write_model_info)
+from busdet.onnx_nms import DETECTION_OUTPUTS, append_detection_selection, read_nms_settings
 from busdet.training.experiment import EXPERIMENT_NAME
+from busdet.training.run import load_run_params
 
 log = logging.getLogger(__name__)
 ONNX_OPSET = 17
+# Where Model Garden's class-agnostic generator begins (``_generate_detections_v2_class_agnostic``):
+# its first top_k reads the class scores, and the squeeze beside it the decoded boxes.
+SCORES_CONSUMER = "generate_detections_class_agnostic/TopKV2"
+BOXES_CONSUMER = "generate_detections_class_agnostic/Squeeze_1"
+INPUT_SPEC = tf.TensorSpec([1, None, None, 3], tf.uint8, name="inputs")
 
 
 def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: Path,
@@ -92,28 +104,88 @@ def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: 
     return output_dir
 
 
-def export_onnx(model_dir: Path, opset: int = ONNX_OPSET) -> Path:
+def export_onnx(model_dir: Path, opset: int = ONNX_OPSET, pre_nms_top_k: Optional[int] = None) -> Path:
     """Converts ``model_dir``'s ``serving_default`` to ``model_dir/model.onnx`` with tf2onnx.
 
     The ONNX graph has the signature's input (``inputs``, uint8 ``[1, H, W, 3]``) and
-    output names. ``model_info.json`` gains ``"onnx"``: the SavedModel's digest, the
-    ONNX file's, the opset and the converter. The SavedModel itself is not changed.
-    Returns the ONNX file's path.
+    output names; the NMS is ONNX's (:mod:`busdet.onnx_nms`) with the SavedModel's
+    settings from its ``params.yaml`` (``pre_nms_top_k`` overrides the top-k, for
+    trials). ``model_info.json`` gains ``"onnx"``: the SavedModel's digest, the ONNX
+    file's, the opset, the converter and the NMS settings. The SavedModel itself is
+    not changed. Returns the ONNX file's path.
     """
-    import tf2onnx  # imports TensorFlow's graph tools: only when converting
-
     model_dir = Path(model_dir)
-    loaded = tf.saved_model.load(str(model_dir))  # kept in a name: the signature needs its variables alive
-    signature = loaded.signatures["serving_default"]
-    serve = tf.function(lambda inputs: signature(inputs=inputs))
-    spec = [tf.TensorSpec([1, None, None, 3], tf.uint8, name="inputs")]
-    proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset)
+    try:
+        settings = read_nms_settings(load_run_params(model_dir).task.model.detection_generator.as_dict())
+    except ValueError as error:  # e.g. --params-override per-class NMS: converted whole, Loop and all
+        log.warning("%s; converting the whole graph, NMS as tf2onnx makes it (slow)", error)
+        proto, nms = convert_whole(model_dir, opset), {"op": "Loop (tf2onnx's conversion of Model Garden's NMS)"}
+    else:
+        if pre_nms_top_k is not None:
+            settings = replace(settings, pre_nms_top_k=pre_nms_top_k)
+        proto = convert_without_nms(model_dir, opset)
+        append_detection_selection(proto, "pre_nms_scores", "pre_nms_boxes", "image_info", settings)
+        nms = {"op": "NonMaxSuppression", "class_agnostic": True, **settings.as_dict()}
     path = model_dir / ONNX_FILE
     with atomic_write(path) as stream:
         stream.write(proto.SerializeToString())
     info = read_model_info(model_dir)
     info["onnx"] = {"saved_model_sha256": compute_saved_model_digest(model_dir), "sha256": compute_file_digest(path),
-                    "opset": opset, "converter": f"tf2onnx {metadata.version('tf2onnx')}"}
+                    "opset": opset, "converter": f"tf2onnx {metadata.version('tf2onnx')}",
+                    # What the graph's NMS does, for anyone reproducing it (the browser page).
+                    "nms": nms}
     write_model_info(model_dir, info)
     log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path
+
+
+def _serving_function(model_dir: Path):
+    """``(serve, loaded)``: ``serving_default`` as a tf.function of ``inputs`` (keep ``loaded``
+    referenced: the signature needs its variables alive)."""
+    loaded = tf.saved_model.load(str(model_dir))
+    signature = loaded.signatures["serving_default"]
+    return tf.function(lambda inputs: signature(inputs=inputs)), loaded
+
+
+def convert_whole(model_dir: Path, opset: int):
+    """The ONNX proto of the whole ``serving_default`` graph, as tf2onnx converts it."""
+    import tf2onnx  # imports TensorFlow's graph tools: only when converting
+
+    serve, _loaded = _serving_function(model_dir)
+    return tf2onnx.convert.from_function(serve, input_signature=[INPUT_SPEC], opset=opset)[0]
+
+
+def convert_without_nms(model_dir: Path, opset: int):
+    """The ONNX proto of ``serving_default`` up to the generator's input: outputs ``pre_nms_scores``
+    (``[1, N, C]``), ``pre_nms_boxes`` (``[1, N, 1, 4]``) and every signature output but the four
+    detection outputs (``image_info``, and any other, under its signature name)."""
+    from tf2onnx import tf_loader  # imports TensorFlow's graph tools: only when converting
+    from tf2onnx.convert import from_graph_def, tensor_names_from_structed
+
+    serve, _loaded = _serving_function(model_dir)
+    concrete = serve.get_concrete_function(INPUT_SPEC)
+    inputs = [tensor.name for tensor in concrete.inputs if tensor.dtype != tf.resource]
+    outputs = [tensor.name for tensor in concrete.outputs if tensor.dtype != tf.resource]
+    names = tensor_names_from_structed(concrete, inputs, outputs)
+    with tf.device("/cpu:0"):
+        frozen = tf_loader.from_function(concrete, inputs, outputs)
+    scores, boxes = find_consumer_input(frozen, SCORES_CONSUMER), find_consumer_input(frozen, BOXES_CONSUMER)
+    kept = [name for name in outputs if names[name] not in DETECTION_OUTPUTS]
+    names.update({scores: "pre_nms_scores", boxes: "pre_nms_boxes"})
+    proto, _ = from_graph_def(frozen, input_names=inputs, output_names=kept + [scores, boxes], opset=opset,
+                              tensors_to_rename=names)
+    return proto
+
+
+def find_consumer_input(graph_def, consumer: str) -> str:
+    """The tensor name (``"op:0"``) of the first input of the one node whose name ends with ``consumer``.
+
+    Raises:
+      ValueError: no such node, or several (a detection generator this exporter does not know).
+    """
+    nodes = [node for node in graph_def.node if node.name.endswith("/" + consumer)]
+    if len(nodes) != 1:
+        raise ValueError(f"the SavedModel's graph has {len(nodes)} nodes named */{consumer}, expected one: "
+                         "not Model Garden's class-agnostic v2 detection generator")
+    name = nodes[0].input[0]
+    return name if ":" in name else name + ":0"

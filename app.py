@@ -114,6 +114,8 @@ def frame_ui(result: ImageResult, key: str):
 def image_result_ui(result: ImageResult, scan, key: str) -> None:
     """Finding, original beside annotated (a loop: the frame chosen), box table and the downloads of one file."""
     st.text(result.filename)
+    if result.warning:
+        st.warning(result.warning[0].upper() + result.warning[1:] + ".")
     st.markdown(f"**{result_finding_line(result)}**")
     st.caption(f"{len(result.shown_boxes)} box(es) at threshold {result.score_threshold:.2f}; "
                f"inference {result.seconds:.2f} s")

@@ -21,7 +21,7 @@ from busdet.about import LIMITS_MARKDOWN, MODEL_MARKDOWN, recorded_test_metrics,
 from busdet.downloads import image_downloads, results_zip
 from busdet.drawing import draw_boxes
 from busdet.images import IMAGE_EXTENSIONS
-from busdet.results import ImageResult, analyse_image, finding_line, result_finding_line
+from busdet.results import ImageResult, analyse_image, finding_line, result_finding_line, untrusted_caption
 from busdet.tables import boxes_table, summary_table
 
 HERE = Path(__file__).resolve().parent
@@ -126,7 +126,8 @@ def image_result_ui(result: ImageResult, scan, key: str) -> None:
     image = scan.frame(frame)
     original, annotated = st.columns(2)
     original.image(image, caption="Original", output_format="PNG")
-    annotated.image(draw_boxes(image, boxes), caption="Detections", output_format="PNG")
+    annotated.image(draw_boxes(image, boxes, caption=untrusted_caption(result.frame_check(frame))),
+                    caption="Detections", output_format="PNG")
     st.dataframe(boxes_table(result, frame), hide_index=True)
     downloads = image_downloads(result, scan)
     for column, (label, file_name, mime, build) in zip(st.columns(len(downloads)), downloads):

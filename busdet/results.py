@@ -31,6 +31,8 @@ from busdet.ood import WARNING, ImageCheck, check_image, summarise_checks
 FrameChoice = Union[str, int]
 # The finding of an image the in-distribution check flags: no lesion reading at all.
 UNTRUSTED_FINDING = f"not read: the image {WARNING}, its boxes are not to be trusted"
+# What the annotated copy of such an image (or frame) says in its corner.
+UNTRUSTED_CAPTION = "unlike the training images: boxes not to be trusted"
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,12 @@ class ImageResult:
         """The shown boxes of frame ``number`` (1-based) of a loop; none for a frame not run."""
         return next((self._shown(f.boxes) for f in self.frames if f.number == number), [])
 
+    def frame_check(self, number: Optional[int]) -> Optional[ImageCheck]:
+        """The in-distribution check of frame ``number`` of a loop; of the image for ``None``."""
+        if number is None:
+            return self.check
+        return next((f.check for f in self.frames if f.number == number), None)
+
     @property
     def shown_frames(self) -> List[Tuple[Optional[int], List[Box]]]:
         """``(frame number or None, shown boxes)`` for every frame the tables hold, in frame order."""
@@ -195,6 +203,11 @@ def detect_frames(detector: Detector, scan: Scan, numbers: Sequence[int]) -> Tup
                                    check_image(region, features, detector.ood)))
         total += seconds
     return tuple(detected), total
+
+
+def untrusted_caption(check: Optional[ImageCheck]) -> Optional[str]:
+    """:data:`UNTRUSTED_CAPTION` for a flagged image or frame, else None (for :func:`busdet.drawing.draw_boxes`)."""
+    return UNTRUSTED_CAPTION if check is not None and not check.in_distribution else None
 
 
 def top_box(boxes: Sequence[Box]) -> Optional[Box]:

@@ -195,8 +195,8 @@ def load_detector(model_dir: str | Path, label_map_path: str | Path, runtime: st
     the in-distribution statistics (not with ``load_ood=False``: to fit new ones).
 
     Everything that can be checked without loading a runtime (label map, model info,
-    their classes, the ONNX file's and the statistics' digests) is checked first, so that
-    a mistake is reported in a second. ``runtime`` is one of :data:`RUNTIMES` (see the module doc).
+    their classes, the ONNX file's digests) is checked first, so that a mistake is
+    reported in a second; the statistics' digests once the model has loaded. ``runtime`` is one of :data:`RUNTIMES` (see the module doc).
 
     Raises:
       ModelLoadError: with one line naming the path and what was expected.
@@ -214,12 +214,13 @@ def load_detector(model_dir: str | Path, label_map_path: str | Path, runtime: st
         raise ModelLoadError(str(error)) from None
     info = read_model_info(model_dir)
     check_classes(classes, info, label_map_path, model_dir)
-    ood = load_checked_ood_stats(model_dir, info) if load_ood else None
     runtime = choose_runtime(model_dir, info, runtime)
     if runtime == "onnx":
         predict, owner = load_onnx_predict(model_dir / ONNX_FILE)
     else:
         predict, owner = load_tensorflow_predict(model_dir)
+    # After the runtime: damaged weights also change the digest, and are better named by its loader.
+    ood = load_checked_ood_stats(model_dir, info) if load_ood else None
     return Detector(predict=predict, classes=classes, input_size=tuple(info.get("input_size", DEFAULT_INPUT_SIZE)),
                     score_threshold=default_score_threshold(info), model_dir=model_dir, info=info,
                     runtime=runtime, owner=owner, ood=ood)

@@ -110,14 +110,22 @@ def test_statistics_round_trip_with_both_digests(tmp_path):
     np.testing.assert_array_equal(loaded.precision, stats.precision)
 
 
+def record_another_saved_model(model_dir: Path) -> None:
+    info = read_model_info(model_dir)
+    info["ood"]["saved_model_sha256"] = "0" * 64
+    write_model_info(model_dir, info)
+
+
 @pytest.mark.parametrize("change, reason", [
-    (lambda d: (d / "saved_model.pb").write_bytes(b"another graph"), "stale, fitted on another SavedModel"),
+    (record_another_saved_model, "stale, fitted on another SavedModel"),
     (lambda d: (d / ood.OOD_FILE).write_bytes(b"other"), "not the file tools/fit_ood.py wrote"),
     (lambda d: (d / ood.OOD_FILE).unlink(), "missing"),
 ])
 def test_stale_altered_or_missing_statistics_are_one_line_and_exit_2(tmp_path, label_map_path, change, reason):
-    model_dir = fake_model_dir(tmp_path)
-    stored_stats(model_dir)
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(SHIPPED, model_dir)
     change(model_dir)
     with pytest.raises(ModelLoadError, match=reason):
         load_detector(model_dir, label_map_path)

@@ -24,7 +24,7 @@ from busdet.downloads import dicom_downloads, image_downloads, results_zip
 from busdet.drawing import draw_boxes
 from busdet.files import is_regular_file
 from busdet.images import IMAGE_EXTENSIONS
-from busdet.results import ImageResult, analyse_image, finding_line, result_finding_line
+from busdet.results import ImageResult, analyse_image, finding_line, result_finding_line, untrusted_caption
 from busdet.tables import boxes_table, summary_table
 
 HERE = Path(__file__).resolve().parent
@@ -131,6 +131,8 @@ def dicom_downloads_ui(result: ImageResult, scan, data: bytes, info: dict) -> li
 def image_result_ui(result: ImageResult, scan, key: str, data: bytes, info: dict) -> None:
     """Finding, original beside annotated (a loop: the frame chosen), box table and the downloads of one file."""
     st.text(result.filename)
+    if result.warning:
+        st.warning(result.warning[0].upper() + result.warning[1:] + ".")
     st.markdown(f"**{result_finding_line(result)}**")
     st.caption(f"{len(result.shown_boxes)} box(es) at threshold {result.score_threshold:.2f}; "
                f"inference {result.seconds:.2f} s")
@@ -141,7 +143,8 @@ def image_result_ui(result: ImageResult, scan, key: str, data: bytes, info: dict
     image = scan.frame(frame)
     original, annotated = st.columns(2)
     original.image(image, caption="Original", output_format="PNG")
-    annotated.image(draw_boxes(image, boxes), caption="Detections", output_format="PNG")
+    annotated.image(draw_boxes(image, boxes, caption=untrusted_caption(result.frame_check(frame))),
+                    caption="Detections", output_format="PNG")
     st.dataframe(boxes_table(result, frame), hide_index=True)
     downloads = image_downloads(result, scan) + dicom_downloads_ui(result, scan, data, info)
     for column, (label, file_name, mime, build) in zip(st.columns(len(downloads)), downloads):

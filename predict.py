@@ -15,11 +15,18 @@ suspicious frame as NAME.png and every frame run as NAME.mp4. The model runs on
 the file's ultrasound region when it names one. The folder also gets:
 
   predictions.csv  one row per box (per frame of a loop):
-                   filename,xmin,ymin,width,height,label,score,frame,width_mm,height_mm
+                   filename,xmin,ymin,width,height,label,score,frame,width_mm,height_mm,
+                   in_distribution
                    (pixels of the original image, as tools/mask_to_bbox.py writes them;
                    frame 1-based in a loop, else empty; mm when the DICOM is calibrated)
   images.csv       one row per file: size, number of boxes, top label and score,
-                   status (ok or error), the error message, frames and key frame (loops)
+                   status (ok or error), the error message, frames and key frame (loops),
+                   in_distribution, ood_score and warning
+
+in_distribution is False for an image that does not look like the breast ultrasound
+the model was trained on (a photograph, a document, a colour Doppler frame, ...):
+its boxes are still written, but warning says why they are not to be trusted, and
+its annotated copy says so too (README: Images that are not breast ultrasound).
 
 With --dicom-out DIR, every DICOM input also gets NAME.sr.dcm (a DICOM Structured
 Report, TID 1500: one measurement group per box, referencing the source image)

@@ -20,8 +20,10 @@ MODEL_MARKDOWN = ("**Model.** RetinaNet with a MobileNetV2 backbone (TensorFlow 
 IMAGENET_WEIGHTS_NAME = "ImageNet MobileNetV2 weights (TF-slim raw checkpoint values, Sandler et al., CVPR 2018)"
 LIMITS_MARKDOWN = """**Limits.** Trained on images from the few centres and scanners listed above: other machines,
 presets and populations may do worse, unmeasured. A score is the model's confidence, not a probability of
-cancer. The model cannot tell whether an image is an ultrasound at all: any image gets an answer. A
-clinician must read every result; it is a research tool, not a medical device, and does not replace a
+cancer. An image that does not look like the breast ultrasound it was trained on (a photograph, a
+document, a colour Doppler or elastography frame, a far-off scanner) gets a warning instead of a finding,
+its boxes still drawn and not to be trusted; the check misses some such images and is measured in the
+model card. A clinician must read every result; it is a research tool, not a medical device, and does not replace a
 radiologist."""
 # The model card's headline numbers, in its order.
 HEADLINE_METRICS = ("AP50_lesion", "mAP50", "AP50_benign", "AP50_malignant", "AUC_malignant_image",

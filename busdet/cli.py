@@ -22,6 +22,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from busdet.files import printable
@@ -86,6 +87,15 @@ def configure_logging(fmt: str = "%(message)s", level: int = logging.INFO) -> No
 def say(message: str) -> None:
     """One printable line on stderr."""
     print(printable(message), file=sys.stderr)
+def add_split_model_arguments(parser: argparse.ArgumentParser, root: Path) -> None:
+    """``--data`` (repeatable), ``--model``, ``--label`` and ``--splits``: the arguments of the tools that
+    measure a model on the committed splits (read them with :func:`busdet.datasets.parse_split_datasets`)."""
+    parser.add_argument("--data", required=True, action="append", metavar="NAME=FOLDER",
+                        help="a dataset: its name and folder, one sub-folder per class (repeatable)")
+    parser.add_argument("--model", type=Path, default=root / "saved_model", help="SavedModel folder")
+    parser.add_argument("--label", type=Path, default=root / "label_map.pbtxt", help="label map")
+    parser.add_argument("--splits", type=Path, default=root / "data",
+                        help="folder of the NAME_split.csv files (default: %(default)s)")
 
 
 def run_command(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,

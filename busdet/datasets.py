@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import pandas as pd
 
@@ -49,6 +49,19 @@ def parse_dataset_arg(value: str, splits_dir: Path) -> DatasetSpec:
     if not Path(folder).is_dir():
         raise ValueError(f"--data {value}: {folder} is not a folder")
     return DatasetSpec(name, Path(folder), Path(splits_dir) / f"{name}_split.csv")
+
+
+def parse_split_datasets(values, splits_dir: Path) -> List[DatasetSpec]:
+    """Every ``--data NAME=FOLDER`` of a tool that measures on the committed splits.
+
+    Raises:
+      ValueError: a value is not ``NAME=FOLDER``, a folder is missing, or a dataset has no committed split.
+    """
+    datasets = [parse_dataset_arg(value, splits_dir) for value in values]
+    missing = [str(spec.split_path) for spec in datasets if not spec.split_path.is_file()]
+    if missing:
+        raise ValueError(f"no committed split {', '.join(missing)} (tools/train.py makes one)")
+    return datasets
 
 
 def read_split_csv(path: Path) -> Dict[str, str]:

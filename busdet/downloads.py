@@ -24,7 +24,7 @@ from busdet.dicom_out import build_capture, build_report, dicom_bytes, read_sour
 from busdet.drawing import draw_boxes
 from busdet.files import json_text, safe_stem
 from busdet.images import Scan, as_scan, encode_mp4, encode_png
-from busdet.results import ImageResult, image_finding
+from busdet.results import ImageResult, image_finding, untrusted_caption
 from busdet.tables import images_csv, predictions_csv
 
 # A fixed timestamp inside the ZIP: the archive then depends on the results only
@@ -37,12 +37,13 @@ def annotated_image(result: ImageResult, image: Union[np.ndarray, Scan]) -> np.n
     drawn, a new array."""
     if isinstance(image, Scan):
         image = image.frame(result.key_frame)
-    return draw_boxes(image, result.shown_boxes)
+    return draw_boxes(image, result.shown_boxes, caption=untrusted_caption(result.frame_check(result.key_frame)))
 
 
 def annotated_frames(result: ImageResult, scan: Scan) -> List[np.ndarray]:
     """Every frame of a loop that the model ran on, with that frame's shown boxes drawn."""
-    return [draw_boxes(scan.frame(f.number), result.boxes_in_frame(f.number)) for f in result.frames]
+    return [draw_boxes(scan.frame(f.number), result.boxes_in_frame(f.number), caption=untrusted_caption(f.check))
+            for f in result.frames]
 
 
 def annotated_mp4(result: ImageResult, scan: Scan) -> bytes:

@@ -3,6 +3,7 @@
     detector = load_detector("saved_model", "label_map.pbtxt")   # runtime="auto"
     boxes = detect(detector, image)                      # every box the model returns
     shown = above_threshold(boxes, detector.score_threshold)
+    boxes, features = run_model(detector, image)         # and its pooled features (busdet.ood)
 
 ``detect`` returns all detections (the model keeps those above its own low
 pre-NMS floor), so a threshold can change without running the model again.
@@ -23,7 +24,9 @@ optimisation; where the folder is read-only it optimises in memory every time.
 
 ``model_info.json`` beside the SavedModel (input size, classes, operating point,
 metrics) is read and written only through :func:`read_model_info` and
-:func:`write_model_info`.
+:func:`write_model_info`. It may record the in-distribution statistics fitted on
+this SavedModel (:mod:`busdet.ood`): they are loaded with the model, and refused
+when missing or stale.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import numpy as np
 from busdet.boxes import Box, boxes_from_normalized_yxyx
 from busdet.files import read_text, write_json
 from busdet.label_map import load_label_map
+from busdet.ood import OodStats, OodStatsError, load_ood_stats
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,8 @@ MODEL_INFO_FILE = "model_info.json"
 DEFAULT_SCORE_THRESHOLD = 0.7
 DEFAULT_INPUT_SIZE = (640, 640)
 ONNX_FILE = "model.onnx"
+# The exported graph's pooled backbone features (busdet.training.export), scored by busdet.ood.
+FEATURES_OUTPUT = "image_features"
 RUNTIMES = ("auto", "onnx", "tensorflow")
 # What the runtimes are called to the user, with the package whose version is shown.
 RUNTIME_NAMES = {"onnx": ("ONNX Runtime", "onnxruntime"), "tensorflow": ("TensorFlow", "tensorflow")}
@@ -77,6 +83,7 @@ class Detector:
     info: dict
     runtime: str = "tensorflow"
     owner: object = None  # the loaded SavedModel or InferenceSession, kept alive for ``predict``
+    ood: Optional[OodStats] = None  # the in-distribution statistics fitted on this model, if any
 
 
 def read_model_info(model_dir: str | Path) -> dict:
@@ -222,12 +229,14 @@ def choose_runtime(model_dir: Path, info: dict, runtime: str = "auto") -> str:
     return "tensorflow"
 
 
-def load_detector(model_dir: str | Path, label_map_path: str | Path, runtime: str = "auto") -> Detector:
-    """Loads the model (ONNX Runtime or the SavedModel's ``serving_default``) and the label map.
+def load_detector(model_dir: str | Path, label_map_path: str | Path, runtime: str = "auto",
+                  load_ood: bool = True) -> Detector:
+    """Loads the model (ONNX Runtime or the SavedModel's ``serving_default``), the label map and
+    the in-distribution statistics (not with ``load_ood=False``: to fit new ones).
 
     Everything that can be checked without loading a runtime (label map, model info,
     their classes, the ONNX file's digests) is checked first, so that a mistake is
-    reported in a second. ``runtime`` is one of :data:`RUNTIMES` (see the module doc).
+    reported in a second; the statistics' digests once the model has loaded. ``runtime`` is one of :data:`RUNTIMES` (see the module doc).
 
     Raises:
       ModelLoadError: with one line naming the path and what was expected.
@@ -250,9 +259,28 @@ def load_detector(model_dir: str | Path, label_map_path: str | Path, runtime: st
         predict, owner = load_onnx_predict(model_dir / ONNX_FILE, info["onnx"]["sha256"])
     else:
         predict, owner = load_tensorflow_predict(model_dir)
+    # After the runtime: damaged weights also change the digest, and are better named by its loader.
+    ood = load_checked_ood_stats(model_dir, info) if load_ood else None
     return Detector(predict=predict, classes=classes, input_size=tuple(info.get("input_size", DEFAULT_INPUT_SIZE)),
                     score_threshold=default_score_threshold(info), model_dir=model_dir, info=info,
-                    runtime=runtime, owner=owner)
+                    runtime=runtime, owner=owner, ood=ood)
+
+
+def load_checked_ood_stats(model_dir: Path, info: dict) -> Optional[OodStats]:
+    """The model's in-distribution statistics (:func:`busdet.ood.load_ood_stats`); None, with a
+    warning, for a model that records none (only the colour and flat-image tests then run).
+
+    Raises:
+      ModelLoadError: recorded but missing, altered or fitted on another SavedModel.
+    """
+    try:
+        stats = load_ood_stats(model_dir, info, compute_saved_model_digest(model_dir))
+    except OodStatsError as error:
+        raise ModelLoadError(str(error)) from None
+    if stats is None:
+        log.warning("%s: no in-distribution statistics recorded (tools/fit_ood.py fits them); only the colour "
+                    "and flat-image tests will flag images unlike breast ultrasound", model_dir / MODEL_INFO_FILE)
+    return stats
 
 
 def load_tensorflow_predict(model_dir: Path) -> Tuple[Callable, object]:
@@ -412,8 +440,20 @@ def detect(detector: Detector, image: np.ndarray) -> List[Box]:
     Returns:
       Boxes in the image's own pixel corners, with label-map names and scores.
     """
-    height, width = image.shape[:2]
+    return run_model(detector, image)[0]
+
+
+def run_model(detector: Detector, image: np.ndarray) -> Tuple[List[Box], Optional[np.ndarray]]:
+    """:func:`detect`'s boxes and, from the same forward pass, the model's pooled backbone
+    features (float32 ``[D]``; None for a model exported without them)."""
     outputs = detector.predict(np.ascontiguousarray(image[np.newaxis], dtype=np.uint8))
+    features = outputs.get(FEATURES_OUTPUT)
+    return read_boxes(detector, outputs, image.shape[:2]), None if features is None else np.asarray(features)[0]
+
+
+def read_boxes(detector: Detector, outputs: dict, image_size: Tuple[int, int]) -> List[Box]:
+    """The boxes of the signature's outputs for an image of ``(height, width)``, most confident first."""
+    height, width = image_size
     count = int(np.asarray(outputs["num_detections"]).reshape(-1)[0])
     boxes = np.asarray(outputs["detection_boxes"])[0, :count]
     classes = np.asarray(outputs["detection_classes"])[0, :count].astype(int)
@@ -429,3 +469,10 @@ def timed_detect(detector: Detector, image: np.ndarray) -> Tuple[List[Box], floa
     start = time.perf_counter()
     boxes = detect(detector, image)
     return boxes, time.perf_counter() - start
+
+
+def timed_run_model(detector: Detector, image: np.ndarray) -> Tuple[List[Box], Optional[np.ndarray], float]:
+    """:func:`run_model`'s boxes and features, and its wall time in seconds."""
+    start = time.perf_counter()
+    boxes, features = run_model(detector, image)
+    return boxes, features, time.perf_counter() - start

@@ -6,6 +6,8 @@
     result.message                     # "scan.png: not a recognised image format" for a failed file
     result.key_frame                   # a cine loop: the most suspicious frame (1-based), whose boxes
                                        # shown_boxes are; result.shown_frames: every frame the tables hold
+    result.in_distribution             # False: the image does not look like the training images
+    result.warning                     # (busdet.ood), and result.warning says why; its boxes stay
 
 ``app.py`` (through its cache) and ``predict.py`` (through :mod:`busdet.batch`)
 both build every record with :func:`analyse_image`; :mod:`busdet.tables`,
@@ -22,10 +24,15 @@ import numpy as np
 
 from busdet.boxes import Box, above_threshold, box_size_mm, offset_box
 from busdet.images import ImageReadError, Scan, as_scan
-from busdet.inference import Detector, timed_detect
+from busdet.inference import Detector, timed_run_model
+from busdet.ood import WARNING, ImageCheck, check_image, summarise_checks
 
 # --frames: every frame, every frame but only the key frame's rows in the tables, or an int N (every Nth).
 FrameChoice = Union[str, int]
+# The finding of an image the in-distribution check flags: no lesion reading at all.
+UNTRUSTED_FINDING = f"not read: the image {WARNING}, its boxes are not to be trusted"
+# What the annotated copy of such an image (or frame) says in its corner.
+UNTRUSTED_CAPTION = "unlike the training images: boxes not to be trusted"
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class FrameBoxes:
 
     number: int
     boxes: Tuple[Box, ...]
+    check: Optional[ImageCheck] = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,8 @@ class ImageResult:
       frame_count: how many frames a multi-frame file holds; None for a single image.
       key_frame_only: the tables keep only the key frame's boxes (``--frames key``).
       mm_per_pixel: ``(x, y)`` from the file's calibration (DICOM); None without one.
+      check: the in-distribution check (:mod:`busdet.ood`) of the image, or of a loop's frames
+        together (each frame's is in ``frames``); None when the model did not run.
     """
 
     filename: str
@@ -65,10 +75,21 @@ class ImageResult:
     frame_count: Optional[int] = None
     key_frame_only: bool = False
     mm_per_pixel: Optional[Tuple[float, float]] = None
+    check: Optional[ImageCheck] = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def in_distribution(self) -> Optional[bool]:
+        """False when the image does not look like the training images; None when not checked."""
+        return None if self.check is None or not self.ok else self.check.in_distribution
+
+    @property
+    def warning(self) -> str:
+        """Why the boxes are not to be trusted (``""`` for an image in distribution or not checked)."""
+        return self.check.warning if self.in_distribution is False else ""
 
     def _shown(self, boxes: Sequence[Box]) -> List[Box]:
         if not self.ok or self.score_threshold is None:
@@ -79,12 +100,14 @@ class ImageResult:
     def key_frame(self) -> Optional[int]:
         """The most suspicious frame run (1-based) at this threshold; None for a single image.
 
-        Frames rank as their findings (:func:`image_finding`): any malignant box first, then
-        the score; the earliest frame wins a tie (a loop without boxes: its first frame run).
+        Frames that look like the training images rank first, then as their findings
+        (:func:`image_finding`): any malignant box first, then the score; the earliest
+        frame wins a tie (a loop without boxes: its first frame run).
         """
         if not self.frames:
             return None
-        return max(self.frames, key=lambda f: (*suspicion(self._shown(f.boxes)), -f.number)).number
+        return max(self.frames, key=lambda f: (f.check is None or f.check.in_distribution,
+                                               *suspicion(self._shown(f.boxes)), -f.number)).number
 
     @property
     def shown_boxes(self) -> List[Box]:
@@ -94,6 +117,12 @@ class ImageResult:
     def boxes_in_frame(self, number: int) -> List[Box]:
         """The shown boxes of frame ``number`` (1-based) of a loop; none for a frame not run."""
         return next((self._shown(f.boxes) for f in self.frames if f.number == number), [])
+
+    def frame_check(self, number: Optional[int]) -> Optional[ImageCheck]:
+        """The in-distribution check of frame ``number`` of a loop; of the image for ``None``."""
+        if number is None:
+            return self.check
+        return next((f.check for f in self.frames if f.number == number), None)
 
     @property
     def shown_frames(self) -> List[Tuple[Optional[int], List[Box]]]:
@@ -148,8 +177,9 @@ def analyse_image(detector: Detector, filename: str, read: Callable[[], Union[np
     except Exception as error:  # noqa: BLE001 - one image the model chokes on must not stop the others
         return result.failed(f"model failed ({type(error).__name__}: {error})"), None
     if scan.multi_frame:
-        return replace(result, frames=detected, seconds=seconds), scan
-    return replace(result, boxes=detected[0].boxes, seconds=seconds), scan
+        return replace(result, frames=detected, seconds=seconds,
+                       check=summarise_checks([f.check for f in detected])), scan
+    return replace(result, boxes=detected[0].boxes, seconds=seconds, check=detected[0].check), scan
 
 
 def frame_numbers(frame_count: int, frames: FrameChoice = "all") -> List[int]:
@@ -158,7 +188,8 @@ def frame_numbers(frame_count: int, frames: FrameChoice = "all") -> List[int]:
 
 
 def detect_frames(detector: Detector, scan: Scan, numbers: Sequence[int]) -> Tuple[Tuple[FrameBoxes, ...], float]:
-    """Runs the model on the imaging region of each frame; boxes come back in full-frame pixels.
+    """Runs the model and the in-distribution check (:func:`busdet.ood.check_image`) on the imaging
+    region of each frame; boxes come back in full-frame pixels.
 
     Returns:
       One :class:`FrameBoxes` per number, and the model's wall time over all of them.
@@ -166,10 +197,17 @@ def detect_frames(detector: Detector, scan: Scan, numbers: Sequence[int]) -> Tup
     xmin, ymin, xmax, ymax = scan.region or (0, 0, scan.frames.shape[2], scan.frames.shape[1])
     detected, total = [], 0.0
     for number in numbers:
-        boxes, seconds = timed_detect(detector, scan.frame(number)[ymin:ymax, xmin:xmax])
-        detected.append(FrameBoxes(number, tuple(offset_box(b, xmin, ymin) for b in boxes)))
+        region = scan.frame(number)[ymin:ymax, xmin:xmax]
+        boxes, features, seconds = timed_run_model(detector, region)
+        detected.append(FrameBoxes(number, tuple(offset_box(b, xmin, ymin) for b in boxes),
+                                   check_image(region, features, detector.ood)))
         total += seconds
     return tuple(detected), total
+
+
+def untrusted_caption(check: Optional[ImageCheck]) -> Optional[str]:
+    """:data:`UNTRUSTED_CAPTION` for a flagged image or frame, else None (for :func:`busdet.drawing.draw_boxes`)."""
+    return UNTRUSTED_CAPTION if check is not None and not check.in_distribution else None
 
 
 def top_box(boxes: Sequence[Box]) -> Optional[Box]:
@@ -210,6 +248,17 @@ def finding_line(boxes: Sequence[Box], mm_per_pixel: Optional[Sequence[float]] =
     return f"{line}; largest lesion {width:.1f} x {height:.1f} mm"
 
 
+def result_finding(result: ImageResult) -> str:
+    """The image-level reading of a record (:func:`image_finding`'s sentence), unless the image
+    does not look like the training images: then :data:`UNTRUSTED_FINDING`, never a malignant headline."""
+    if result.in_distribution is False:
+        return UNTRUSTED_FINDING
+    return image_finding(result.shown_boxes)[0]
+
+
 def result_finding_line(result: ImageResult) -> str:
-    """:func:`finding_line` of a record's shown boxes (the key frame of a loop), with its calibration."""
+    """:func:`finding_line` of a record's shown boxes (the key frame of a loop), with its calibration;
+    for an image unlike the training images, :data:`UNTRUSTED_FINDING` and the number of boxes drawn."""
+    if result.in_distribution is False:
+        return f"{UNTRUSTED_FINDING} ({len(result.shown_boxes)} box(es) drawn)"
     return finding_line(result.shown_boxes, result.mm_per_pixel)

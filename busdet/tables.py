@@ -1,9 +1,10 @@
 """``predictions.csv`` and ``images.csv`` from per-image records: one builder for the CLI and the page.
 
     predictions_table(results)     # one row per shown box (per frame of a loop):
-                                   # filename,xmin,ymin,width,height,label,score,frame,width_mm,height_mm
+                                   # filename,xmin,ymin,width,height,label,score,frame,width_mm,height_mm,
+                                   # in_distribution
     images_table(results)          # one row per file: size, boxes, top label and score, status, error,
-                                   # frames and key frame (loops)
+                                   # frames and key frame (loops), in_distribution, ood_score, warning
     images_csv(results)            # the bytes predict.py writes and the page offers: identical
     read_results(predictions_path, images_path)   # the records back from the two files (--resume)
 
@@ -14,7 +15,10 @@ Both the batch writer and the page's downloads turn the tables into bytes with
 geometry plus a score, so that it can be compared with the output of
 ``tools/mask_to_bbox.py`` directly (and read back by
 :func:`busdet.evaluation.read_predictions_csv`). Then come ``frame`` (1-based in a
-multi-frame file, empty otherwise) and ``width_mm,height_mm`` (empty without calibration).
+multi-frame file, empty otherwise), ``width_mm,height_mm`` (empty without calibration) and
+``in_distribution``: False when the image does not look like the breast ultrasound the
+model was trained on (:mod:`busdet.ood`), so its boxes are not to be trusted; ``images.csv``
+then says why in ``warning``, beside the learned score ``ood_score``.
 """
 
 from __future__ import annotations
@@ -27,21 +31,22 @@ import pandas as pd
 
 from busdet.boxes import Box, box_from_xywh, box_to_pixel_xywh
 from busdet.files import csv_bytes, read_csv
-from busdet.results import ImageResult, image_finding, top_box
+from busdet.ood import ImageCheck, reasons_from_warning
+from busdet.results import ImageResult, result_finding, top_box
 
 # The seed's columns, which tools/evaluate.py reads, then what DICOM adds.
 SEED_PREDICTION_COLUMNS = ["filename", "xmin", "ymin", "width", "height", "label", "score"]
-PREDICTION_COLUMNS = SEED_PREDICTION_COLUMNS + ["frame", "width_mm", "height_mm"]
+PREDICTION_COLUMNS = SEED_PREDICTION_COLUMNS + ["frame", "width_mm", "height_mm", "in_distribution"]
 IMAGE_COLUMNS = ["filename", "width", "height", "boxes", "top_label", "top_score", "status", "error",
-                 "frames", "key_frame"]
+                 "frames", "key_frame", "in_distribution", "ood_score", "warning"]
 BOX_COLUMNS = ["label", "score", "xmin", "ymin", "width", "height", "width_mm", "height_mm"]  # for display
-# The numeric columns; the others hold text as ``object`` (a file name need not be valid UTF-8, which
-# pandas' string type refuses). Columns that may be empty: nullable types, so that integers stay 512
-# (not 512.0) and gaps stay empty.
+# The numeric and true/false columns; the others hold text as ``object`` (a file name need not be valid
+# UTF-8, which pandas' string type refuses). Columns that may be empty: nullable types, so that integers
+# stay 512 (not 512.0) and gaps stay empty.
 _PREDICTION_TYPES = {"xmin": "int64", "ymin": "int64", "width": "int64", "height": "int64", "score": "float64",
-                     "frame": "Int64", "width_mm": "Float64", "height_mm": "Float64"}
+                     "frame": "Int64", "width_mm": "Float64", "height_mm": "Float64", "in_distribution": "boolean"}
 _IMAGE_TYPES = {"width": "Int64", "height": "Int64", "boxes": "Int64", "top_score": "float64", "frames": "Int64",
-                "key_frame": "Int64"}
+                "key_frame": "Int64", "in_distribution": "boolean", "ood_score": "Float64"}
 
 
 def build_table(rows: list, columns: List[str], numeric_types: dict) -> pd.DataFrame:
@@ -57,7 +62,7 @@ def prediction_rows(result: ImageResult) -> list:
         for box in sorted(boxes, key=lambda b: -(b.score or 0.0)):
             size = result.size_mm(box) or [None, None]
             rows.append([result.filename, *box_to_pixel_xywh(box), box.label, round(float(box.score), 4),
-                         frame, *size])
+                         frame, *size, result.in_distribution])
     return rows
 
 
@@ -82,11 +87,13 @@ def boxes_table(result: ImageResult, frame: Optional[int] = None) -> pd.DataFram
 
 def image_row(result: ImageResult) -> list:
     """One ``images.csv`` row: size, shown box count (all frames held), top label and score (the key
-    frame's), status, error, frame count and key frame (loops)."""
+    frame's), status, error, frame count and key frame (loops), and the in-distribution check's outcome."""
     best = top_box(result.shown_boxes)
+    score = result.check.score if result.check is not None and result.ok else None
     return [result.filename, result.width, result.height, len(prediction_rows(result)), best.label if best else "",
             round(float(best.score), 4) if best else None, "ok" if result.ok else "error", result.error or "",
-            result.frame_count, result.key_frame]
+            result.frame_count, result.key_frame, result.in_distribution,
+            None if score is None else round(score, 2), result.warning]
 
 
 def images_table(results: Sequence[ImageResult]) -> pd.DataFrame:
@@ -97,7 +104,7 @@ def images_table(results: Sequence[ImageResult]) -> pd.DataFrame:
 def summary_table(results: Sequence[ImageResult]) -> pd.DataFrame:
     """:func:`images_table` with the image-level ``finding`` after the file name (the page's overview)."""
     table = images_table(results)
-    table.insert(1, "finding", [image_finding(r.shown_boxes)[0] if r.ok else "" for r in results])
+    table.insert(1, "finding", [result_finding(r) if r.ok else "" for r in results])
     return table
 
 
@@ -148,7 +155,20 @@ def _result_from_row(row, boxes) -> ImageResult:
     width, height = (int(row.width) if row.width else None), (int(row.height) if row.height else None)
     if row.status != "ok":
         return ImageResult(row.filename, width, height, error=row.error or "failed")
-    result = ImageResult(row.filename, width, height, boxes, score_threshold=0.0)
+    result = ImageResult(row.filename, width, height, boxes, score_threshold=0.0, check=_check_from_row(row))
     if len(boxes) != int(row.boxes):
         return result.failed("its rows in predictions.csv are incomplete")
     return result
+
+
+def _check_from_row(row) -> Optional[ImageCheck]:
+    """The in-distribution check an ``images.csv`` row records (its reasons read back from ``warning``)."""
+    if not row.in_distribution:
+        return None
+    score = float(row.ood_score) if row.ood_score else None
+    if row.in_distribution == "True":
+        return ImageCheck(score)
+    try:
+        return ImageCheck(score, reasons_from_warning(row.warning))
+    except ValueError as error:
+        raise ValueError(f"{row.filename}: {error}") from None

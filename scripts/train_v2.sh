@@ -21,5 +21,6 @@ fi
 $PY tools/train.py "${DATA[@]}" --config configs/v2_stage2_640.yaml --model-dir runs/v2_640 \
     --init runs/v2_256/best >> runs/v2_640.log 2>&1
 $PY tools/export_model.py --model-dir runs/v2_640 --output saved_model
-# The operating threshold on pooled validation, and the test metrics per dataset, into saved_model/model_info.json.
-$PY tools/measure_model.py "${DATA[@]}" --model saved_model --report report --write-model-info
+# The operating threshold on pooled validation, the test metrics per dataset and the in-distribution
+# check (fitted on train, threshold on val) into saved_model/model_info.json and saved_model/ood_stats.npz.
+$PY tools/measure_model.py "${DATA[@]}" --model saved_model --report report --write-model-info --fit-ood

@@ -1,7 +1,7 @@
 """The Streamlit page through ``streamlit.testing.v1.AppTest`` (in-process, no browser).
 
-Fast tests swap ``busdet.inference.load_detector`` / ``detect`` for fakes that return
-known boxes and count model calls; the ``slow`` ones run the smoke-trained SavedModel.
+Fast tests swap ``busdet.inference.load_detector`` / ``run_model`` for fakes that return
+known boxes (and no features) and count model calls; the ``slow`` ones run the smoke-trained SavedModel.
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ class CountingDetect:
                 Box(0.05 * width, 0.05 * height, 0.2 * width, 0.2 * height, "benign", 0.5)]
 
 
+def patch_detect(monkeypatch, detect) -> None:
+    """The model's forward pass becomes ``detect(detector, image) -> boxes``, without features."""
+    monkeypatch.setattr(inference, "run_model", lambda detector, image: (detect(detector, image), None))
+
+
 @pytest.fixture(autouse=True)
 def fresh_caches():
     """AppTest runs in this process: each test starts with empty Streamlit caches."""
@@ -64,13 +69,13 @@ def demo_dir(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def fake_model(monkeypatch, tmp_path, label_map_path) -> CountingDetect:
-    """A detector without TensorFlow: ``load_detector`` and ``detect`` are fakes."""
+    """A detector without TensorFlow: ``load_detector`` and ``run_model`` are fakes."""
     detector = inference.Detector(predict=None, classes={1: "benign", 2: "malignant"}, input_size=(384, 384),
                                   score_threshold=0.7, model_dir=tmp_path / "fake_model", info={})
     counter = CountingDetect()
     counter.detector = detector
     monkeypatch.setattr(inference, "load_detector", lambda model_dir, label_map, runtime: detector)
-    monkeypatch.setattr(inference, "detect", counter)
+    patch_detect(monkeypatch, counter)
     monkeypatch.setenv("BUSDET_DEMO_DIR", str(tmp_path / "no_demos"))
     return counter
 
@@ -180,7 +185,7 @@ def test_model_failure_on_one_file_is_named_and_the_others_still_run(fake_model,
             raise ValueError("cannot resize")
         return fake_model(detector, image)
 
-    monkeypatch.setattr(inference, "detect", fail_on_tiny)
+    patch_detect(monkeypatch, fail_on_tiny)
     at = run_app()
     at.sidebar.file_uploader[0].set_value([("tiny.png", encode_png(np.zeros((4, 4, 3), np.uint8)), "image/png"),
                                            ("good.png", phantom_png(1), "image/png")]).run()
@@ -215,8 +220,9 @@ def test_smoke_model_end_to_end_slider_reuses_detections(smoke_model, label_map_
     monkeypatch.setenv("BUSDET_MODEL_DIR", str(smoke_model))
     monkeypatch.setenv("BUSDET_LABEL_MAP", str(label_map_path))
     calls = []
-    real_detect = inference.detect
-    monkeypatch.setattr(inference, "detect", lambda detector, image: calls.append(1) or real_detect(detector, image))
+    real_run_model = inference.run_model
+    monkeypatch.setattr(inference, "run_model",
+                        lambda detector, image: calls.append(1) or real_run_model(detector, image))
     at = press_detect(run_app(timeout=300))
     assert not at.error
     assert [i.captions for i in at.image] == [["Original"], ["Detections"]]
@@ -323,7 +329,7 @@ def test_cine_upload_has_a_frame_slider_starting_on_the_most_suspicious_frame(fa
     from busdet.dicom_phantoms import FAKE_PHI, moving_lesion_frames, phantom_dicom
 
     loop_detect = LoopDetect()
-    monkeypatch.setattr(inference, "detect", loop_detect)
+    patch_detect(monkeypatch, loop_detect)
     frames, _ = moving_lesion_frames(count=12)
     data = dicom_upload(phantom_dicom(frames, "YBR_FULL_422", JPEGBaseline8Bit, phi=True))
     at = run_app()

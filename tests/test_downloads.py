@@ -57,8 +57,8 @@ def test_predictions_csv_has_the_cli_columns_and_integer_geometry():
     assert list(frame.columns) == PREDICTION_COLUMNS
     assert frame.iloc[0].tolist()[:7] == ["scan.png", 10, 5, 20, 20, "malignant", 0.9123]
     assert frame.iloc[1].tolist()[:7] == ["scan.png", 2, 2, 6, 7, "benign", 0.6]
-    # A single image without calibration: frame and sizes are empty cells.
-    assert predictions_csv([make_result(boxes=[BENIGN])]).decode().splitlines()[1] == "scan.png,2,2,6,7,benign,0.6,,,"
+    # A single image without calibration, not checked: frame, sizes and in_distribution are empty cells.
+    assert predictions_csv([make_result(boxes=[BENIGN])]).decode().splitlines()[1] == "scan.png,2,2,6,7,benign,0.6,,,,"
 
 
 def test_predictions_csv_without_boxes_has_the_header_only():

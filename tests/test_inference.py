@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from busdet.evaluation.measure import store_operating_point
-from busdet.inference import (DEFAULT_SCORE_THRESHOLD, MODEL_INFO_FILE, ONNX_FILE, ModelLoadError, choose_runtime,
-                              compute_file_digest, compute_saved_model_digest, default_score_threshold,
+from busdet.inference import (DEFAULT_SCORE_THRESHOLD, FEATURES_OUTPUT, MODEL_INFO_FILE, ONNX_FILE, ModelLoadError,
+                              choose_runtime, compute_file_digest, compute_saved_model_digest, default_score_threshold,
                               find_onnx_problem, load_detector, read_model_info, write_model_info)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,10 +207,22 @@ def unmatched_detections(mine: dict, theirs: dict, tolerance: float = 1e-4) -> l
 
 @pytest.mark.slow
 def test_shipped_model_gives_the_same_detections_on_both_runtimes(label_map_path):
-    """Parity on phantoms: same count; every box (normalised) and score within 1e-4, same class."""
+    """Parity on phantoms: same count; every box (normalised) and score within 1e-4, same class;
+    the pooled features of the in-distribution check within 1e-3."""
     for mine, theirs in run_both_runtimes(SHIPPED, label_map_path):
         assert int(mine["num_detections"]) == int(theirs["num_detections"]) > 0
         assert unmatched_detections(mine, theirs) == []
+        np.testing.assert_allclose(mine[FEATURES_OUTPUT], theirs[FEATURES_OUTPUT], rtol=1e-3, atol=1e-3)
+
+
+def test_shipped_onnx_file_gives_the_features_as_their_own_output():
+    """The in-distribution check's features are a separate graph output, beside the detections."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(SHIPPED / ONNX_FILE), providers=["CPUExecutionProvider"])
+    outputs = {output.name: output.shape for output in session.get_outputs()}
+    assert {"detection_boxes", "detection_scores", "detection_classes", "num_detections"} <= set(outputs)
+    assert outputs[FEATURES_OUTPUT] == [1, 448]
 
 
 @pytest.mark.slow

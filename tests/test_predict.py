@@ -68,6 +68,10 @@ def fake_detector(answer=None, interrupt_on_call=None, fail_on_call=None) -> Det
     return detector
 
 
+FLAT_RAMP_WARNING = ("this image does not look like the breast ultrasound the model was trained on (94% of it flat, "
+                     "as a page of text, a screenshot or a drawing): its boxes are not to be trusted")
+
+
 def gray_ramp(width=200, height=100) -> np.ndarray:
     """RGB uint8 [H, W, 3] with no colour in it, so any box colour found was drawn."""
     ramp = np.linspace(30, 220, width, dtype=np.uint8)
@@ -116,7 +120,10 @@ def test_csv_rows_are_exact_pixels_above_threshold(tmp_path, monkeypatch):
     assert list(predictions.columns) == PREDICTION_COLUMNS
     assert predictions[SEED_PREDICTION_COLUMNS].values.tolist() == [["scan.png", 20, 25, 80, 50, "malignant", 0.9]]
     assert list(image_table.columns) == IMAGE_COLUMNS
-    assert image_table.values.tolist() == [["scan.png", 200, 100, 1, "malignant", 0.9, "ok", "", "", ""]]
+    # A smooth ramp is no ultrasound: the flat-area test flags it, and both tables say so.
+    assert image_table.values.tolist() == [["scan.png", 200, 100, 1, "malignant", 0.9, "ok", "", "", "", False, "",
+                                            FLAT_RAMP_WARNING]]
+    assert predictions["in_distribution"].tolist() == [False]
     # A single PNG: no frame, no calibration, so the columns DICOM adds stay empty.
     assert predictions[["frame", "width_mm", "height_mm"]].isna().all().all()
     annotated = images.read_image(tmp_path / "out" / "scan.png")
@@ -157,7 +164,8 @@ def test_image_without_boxes_is_written_and_marked(tmp_path, monkeypatch):
     assert run_cli(monkeypatch, nothing, "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
     predictions, image_table = read_tables(tmp_path / "out")
     assert predictions.empty and list(predictions.columns) == PREDICTION_COLUMNS
-    assert image_table.values.tolist() == [["clear.png", 200, 100, 0, "", "", "ok", "", "", ""]]
+    assert image_table.values.tolist() == [["clear.png", 200, 100, 0, "", "", "ok", "", "", "", False, "",
+                                            FLAT_RAMP_WARNING]]
     written = images.read_image(tmp_path / "out" / "clear.png")
     assert written.shape == (100, 200, 3)
     assert not np.array_equal(written, images.read_image(source))  # the "no lesion" mark
@@ -722,9 +730,9 @@ def test_region_is_what_the_model_sees_and_boxes_come_back_in_frame_pixels_with_
     assert uncalibrated[["xmin", "ymin", "width", "height"]].tolist() == [10, 20, 80, 50]
     assert uncalibrated[["width_mm", "height_mm"]].isna().all()
     text = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
-    assert text[0] == "filename,xmin,ymin,width,height,label,score,frame,width_mm,height_mm"
-    assert "calibrated.dcm,50,50,80,50,malignant,0.9,,8.0,5.0" in text
-    assert "uncalibrated.dcm,10,20,80,50,malignant,0.9,,," in text
+    assert text[0] == "filename,xmin,ymin,width,height,label,score,frame,width_mm,height_mm,in_distribution"
+    assert "calibrated.dcm,50,50,80,50,malignant,0.9,,8.0,5.0,True" in text
+    assert "uncalibrated.dcm,10,20,80,50,malignant,0.9,,,,True" in text
 
 
 def loop_answer(truth):

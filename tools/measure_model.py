@@ -13,7 +13,8 @@ dataset and split (report/NAME/val, report/NAME/test, report/pooled/...: keep it
 of git, its gallery shows dataset images) and prints the metrics as JSON: per dataset,
 pooled, and per scanner where the dataset names them (BUS-BRA's bus_data.csv). With
 --write-model-info the threshold, the datasets and the metrics go into
-saved_model/model_info.json, where predict.py and the app read them.
+saved_model/model_info.json, where predict.py and the app read them. --fit-ood then
+fits the in-distribution check as tools/fit_ood.py does (its figures under "ood").
 Exit status: 0 done, 2 bad arguments, model or dataset, 130 interrupted (143: SIGTERM).
 """
 
@@ -28,8 +29,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 
 from tqdm import tqdm  # noqa: E402
 
-from busdet.cli import run_command  # noqa: E402
-from busdet.datasets import parse_dataset_arg  # noqa: E402
+from busdet.cli import add_split_model_arguments, run_command  # noqa: E402
+from busdet.datasets import parse_split_datasets  # noqa: E402
 from busdet.evaluation.metrics import DEFAULT_TARGET_RECALL  # noqa: E402
 from busdet.files import json_text  # noqa: E402
 from busdet.evaluation.measure import THRESHOLD_RULES, measure_model, store_operating_point  # noqa: E402
@@ -38,12 +39,7 @@ from busdet.inference import ModelLoadError, load_detector  # noqa: E402
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, action="append", metavar="NAME=FOLDER",
-                        help="a dataset: its name and folder, one sub-folder per class (repeatable)")
-    parser.add_argument("--model", type=Path, default=ROOT / "saved_model", help="SavedModel folder")
-    parser.add_argument("--label", type=Path, default=ROOT / "label_map.pbtxt", help="label map")
-    parser.add_argument("--splits", type=Path, default=ROOT / "data",
-                        help="folder of the NAME_split.csv files (default: %(default)s)")
+    add_split_model_arguments(parser, ROOT)
     parser.add_argument("--report", type=Path, default=ROOT / "report", help="report folder (default: report/)")
     parser.add_argument("--target-recall", type=float, default=DEFAULT_TARGET_RECALL,
                         help="lesion recall to keep on val (default: %(default)s)")
@@ -52,15 +48,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "(default: %(default)s)")
     parser.add_argument("--write-model-info", action="store_true",
                         help="store the threshold and test metrics in the model's model_info.json")
+    parser.add_argument("--fit-ood", action="store_true",
+                        help="then fit and measure the in-distribution check as tools/fit_ood.py does "
+                             "(stored with --write-model-info; features cached in work/ood_features)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        datasets = [parse_dataset_arg(value, args.splits) for value in args.data]
-        missing = [str(spec.split_path) for spec in datasets if not spec.split_path.is_file()]
-        if missing:
-            raise ValueError(f"no committed split {', '.join(missing)} (tools/train.py makes one)")
+        datasets = parse_split_datasets(args.data, args.splits)
         detector = load_detector(args.model, args.label)
     except (ValueError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -72,9 +68,19 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:  # a dataset without the expected layout, or a split that does not fit it
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json_text(summary), end="")
     if args.write_model_info:
         store_operating_point(args.model, summary)
+    if args.fit_ood:
+        from busdet.ood_fit import fit_model
+
+        try:
+            summary["ood"] = fit_model(args.model, args.label, datasets, ROOT / "work" / "ood_features",
+                                       args.write_model_info,
+                                       lambda items: tqdm(items, desc="features", unit="image", file=sys.stderr))
+        except (ValueError, ModelLoadError) as error:  # e.g. a model exported without image_features
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    print(json_text(summary), end="")
     return 0
 
 

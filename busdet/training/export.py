@@ -6,7 +6,9 @@ The ``serving_default`` signature takes ``inputs``: uint8 ``[1, H, W, 3]`` of an
 H and W; the graph resizes with the aspect ratio kept and pads to the model size,
 and returns ``detection_boxes`` (normalized ``[ymin, xmin, ymax, xmax]`` of the
 input image), ``detection_scores``, ``detection_classes`` (label-map ids) and
-``num_detections``. ``model_info.json`` beside it (:func:`busdet.inference.write_model_info`)
+``num_detections``, and ``image_features`` (float32 ``[1, D]``: the backbone's levels
+3-5 averaged over the image's own area, not the padding, concatenated: what the
+in-distribution check of :mod:`busdet.ood` scores). ``model_info.json`` beside it (:func:`busdet.inference.write_model_info`)
 records the input size, the label map and the operating threshold.
 
 :func:`export_onnx` converts the SavedModel's ``serving_default`` graph into
@@ -32,12 +34,12 @@ from typing import Optional
 import tensorflow as tf
 from official.core import exp_factory
 from official.modeling import hyperparams
-from official.vision.serving import export_saved_model_lib
+from official.vision.serving import detection, export_saved_model_lib
 
 from busdet.datasets import citation_line
 from busdet.files import atomic_write
-from busdet.inference import (ONNX_FILE, compute_file_digest, compute_saved_model_digest, read_model_info,
-                              write_model_info)
+from busdet.inference import (FEATURES_OUTPUT, ONNX_FILE, compute_file_digest, compute_saved_model_digest,
+                              read_model_info, write_model_info)
 from busdet.onnx_nms import DETECTION_OUTPUTS, append_detection_selection, read_nms_settings
 from busdet.training.experiment import EXPERIMENT_NAME
 from busdet.training.run import load_run_params
@@ -49,6 +51,42 @@ ONNX_OPSET = 17
 SCORES_CONSUMER = "generate_detections_class_agnostic/TopKV2"
 BOXES_CONSUMER = "generate_detections_class_agnostic/Squeeze_1"
 INPUT_SPEC = tf.TensorSpec([1, None, None, 3], tf.uint8, name="inputs")
+# Backbone levels pooled into FEATURES_OUTPUT: those the FPN reads. Level 6 (the last 1x1
+# convolution) is not among them, so it never learned anything from our data.
+FEATURE_LEVELS = ("3", "4", "5")
+
+
+class DetectionWithFeaturesModule(detection.DetectionModule):
+    """Model Garden's detection serving module, plus the pooled backbone features
+    (:data:`FEATURES_OUTPUT`) computed in the same forward pass as the boxes."""
+
+    def serve(self, images: tf.Tensor):
+        outputs = super().serve(images)
+        levels = [outputs[f"backbone_{level}"] for level in FEATURE_LEVELS]
+        intermediate = [key for key in outputs if key.startswith(("backbone_", "decoder_"))]
+        for key in intermediate:
+            del outputs[key]
+        outputs[FEATURES_OUTPUT] = pool_image_area(levels, outputs["image_info"], self._padded_size)
+        return outputs
+
+
+def pool_image_area(levels, image_info: tf.Tensor, padded_size) -> tf.Tensor:
+    """Mean of each feature map ``[B, h, w, C]`` over the cells covering the resized image (the
+    padding left out, so the aspect ratio does not dilute the features), concatenated: ``[B, sum C]``.
+
+    ``image_info[:, 1]`` is the resized image's (height, width) in the ``padded_size`` canvas, at its top left.
+    """
+    pooled = []
+    for features in levels:
+        rows, columns = tf.shape(features)[1], tf.shape(features)[2]
+        scale = tf.cast(tf.stack([rows, columns]), tf.float32) / tf.constant(padded_size, tf.float32)
+        valid = tf.math.ceil(image_info[:, 1, :] * scale)  # [B, 2] cells covered
+        row_mask = tf.cast(tf.range(rows), tf.float32)[tf.newaxis, :] < valid[:, 0:1]
+        column_mask = tf.cast(tf.range(columns), tf.float32)[tf.newaxis, :] < valid[:, 1:2]
+        mask = tf.cast(row_mask[:, :, tf.newaxis] & column_mask[:, tf.newaxis, :], features.dtype)[..., tf.newaxis]
+        total = tf.reduce_sum(features * mask, axis=[1, 2])
+        pooled.append(total / tf.maximum(tf.reduce_sum(mask, axis=[1, 2]), 1.0))
+    return tf.concat(pooled, axis=-1)
 
 
 def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: Path,
@@ -66,7 +104,7 @@ def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: 
     params = hyperparams.override_params_dict(exp_factory.get_exp_config(EXPERIMENT_NAME), params.as_dict(),
                                               is_strict=True)
     params = hyperparams.override_params_dict(params, {"task": {
-        "export_config": {"output_normalized_coordinates": True},
+        "export_config": {"output_normalized_coordinates": True, "output_intermediate_features": True},
         # Training paths are of no use to a user of the model.
         "train_data": {"input_path": ""}, "validation_data": {"input_path": ""},
         "init_checkpoint": None}}, is_strict=True)
@@ -75,9 +113,11 @@ def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
     try:
+        module = DetectionWithFeaturesModule(params=params, batch_size=1, input_image_size=[height, width],
+                                             input_type="image_tensor", num_channels=3)
         export_saved_model_lib.export_inference_graph(
             input_type="image_tensor", batch_size=1, input_image_size=[height, width], params=params,
-            checkpoint_path=checkpoint_path, export_dir=str(staging))
+            checkpoint_path=checkpoint_path, export_dir=str(staging), export_module=module)
         info = {"input_size": [height, width], "classes": {str(k): v for k, v in classes.items()},
                 "score_threshold": score_threshold,
                 # The run folder too: "best_ckpt-30" alone does not say which stage it came from.

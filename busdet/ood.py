@@ -44,6 +44,11 @@ MAX_COLOUR_FRACTION = 0.02
 FLAT_SPREAD = 2
 FLAT_DARKEST = 40
 MAX_FLAT_FRACTION = 0.3
+# Each test's reason, filled with str.format (the in-browser page fills the same texts: busdet.web).
+LEARNED_REASON = "feature distance {:.1f} from the training images, above {:.1f}"
+COLOUR_REASON = ("{:.0%} of it in colour, as a Doppler or elastography overlay or a photograph; "
+                 "the model reads greyscale B-mode")
+FLAT_REASON = "{:.0%} of it flat, as a page of text, a screenshot or a drawing"
 
 
 class OodStatsError(RuntimeError):
@@ -78,10 +83,10 @@ class ImageCheck:
     @property
     def warning(self) -> str:
         """``""`` for an image in distribution, else the sentence the user sees."""
-        return "" if self.in_distribution else _WARNING_TEMPLATE.format("; ".join(self.reasons))
+        return "" if self.in_distribution else WARNING_TEMPLATE.format("; ".join(self.reasons))
 
 
-_WARNING_TEMPLATE = "this image " + WARNING + " ({}): its boxes are not to be trusted"
+WARNING_TEMPLATE = "this image " + WARNING + " ({}): its boxes are not to be trusted"
 
 
 def reasons_from_warning(warning: str) -> Tuple[str, ...]:
@@ -90,7 +95,7 @@ def reasons_from_warning(warning: str) -> Tuple[str, ...]:
     Raises:
       ValueError: not a warning this module writes.
     """
-    prefix, suffix = _WARNING_TEMPLATE.split("{}")
+    prefix, suffix = WARNING_TEMPLATE.split("{}")
     if not (warning.startswith(prefix) and warning.endswith(suffix) and len(warning) > len(prefix + suffix)):
         raise ValueError(f"warning {warning!r} is not one this tool writes")
     return tuple(warning[len(prefix):-len(suffix)].split("; "))
@@ -129,11 +134,10 @@ def cheap_reasons(image: np.ndarray) -> Tuple[str, ...]:
     reasons = []
     coloured = colour_fraction(image)
     if coloured > MAX_COLOUR_FRACTION:
-        reasons.append(f"{coloured:.0%} of it in colour, as a Doppler or elastography overlay or a photograph; "
-                       "the model reads greyscale B-mode")
+        reasons.append(COLOUR_REASON.format(coloured))
     flat = flat_fraction(image)
     if flat > MAX_FLAT_FRACTION:
-        reasons.append(f"{flat:.0%} of it flat, as a page of text, a screenshot or a drawing")
+        reasons.append(FLAT_REASON.format(flat))
     return tuple(reasons)
 
 
@@ -145,7 +149,7 @@ def check_image(image: np.ndarray, features: Optional[np.ndarray], stats: Option
     if stats is not None and features is not None:
         score = float(mahalanobis_distances(features, stats)[0])
         if score > stats.threshold:
-            reasons.insert(0, f"feature distance {score:.1f} from the training images, above {stats.threshold:.1f}")
+            reasons.insert(0, LEARNED_REASON.format(score, stats.threshold))
     return ImageCheck(score, tuple(reasons))
 
 

@@ -11,9 +11,10 @@ the page's own sources (``web/index.html``, ``web/app.js``, ``web/style.css``),
 onnxruntime-web's module and ``.wasm`` files copied from ``web/node_modules`` (``npm ci``,
 pinned in ``web/package-lock.json``), the model, and ``site.json``.
 
-``site.json`` is derived here from the shipped ``model_info.json`` and
-``label_map.pbtxt`` and from the package's own constants (colours, texts, table
-columns), so the page cannot carry a second, hand-written copy of any of them.
+``site.json`` is derived here from the shipped ``model_info.json``, ``label_map.pbtxt``
+and ``ood_stats.npz`` and from the package's own constants (colours, texts, table
+columns, the in-distribution check's cut-offs), so the page cannot carry a second,
+hand-written copy of any of them.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ import threading
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
-from busdet import about, drawing, images, tables
+from busdet import about, drawing, images, ood, results, tables
 from busdet.files import write_json
-from busdet.inference import (ONNX_FILE, ModelLoadError, check_classes, default_score_threshold, find_onnx_problem,
-                              read_model_info)
+from busdet.inference import (FEATURES_OUTPUT, ONNX_FILE, ModelLoadError, check_classes, default_score_threshold,
+                              find_onnx_problem, load_checked_ood_stats, read_model_info)
 from busdet.label_map import load_label_map
 
 log = logging.getLogger(__name__)
@@ -90,13 +91,38 @@ def metrics_table(info: dict) -> Optional[Dict[str, List]]:
                                                                                             frame.values.tolist())]}
 
 
+def ood_config(model_dir: Path, info: dict) -> dict:
+    """The in-distribution check (:mod:`busdet.ood`) for the page: the statistics read from
+    ``ood_stats.npz`` (None for a model that records none: the cheap tests still run), the
+    cheap tests' parameters and cut-offs, and the texts, with Python format fields
+    (``{:.1f}``, ``{:.0%}``) the page fills as Python does.
+
+    Raises:
+      ModelLoadError: the statistics are missing, altered or fitted on another SavedModel
+        (:func:`busdet.ood.find_ood_problem`).
+    """
+    stats = load_checked_ood_stats(model_dir, info)
+    learned = None if stats is None else {"means": stats.means.tolist(), "precision": stats.precision.tolist(),
+                                          "threshold": stats.threshold, "datasets": list(stats.datasets)}
+    return {
+        "features_output": FEATURES_OUTPUT,
+        "learned": learned,
+        "colour_spread": ood.COLOUR_SPREAD, "max_colour_fraction": ood.MAX_COLOUR_FRACTION,
+        "flat_spread": ood.FLAT_SPREAD, "flat_darkest": ood.FLAT_DARKEST, "max_flat_fraction": ood.MAX_FLAT_FRACTION,
+        "learned_reason": ood.LEARNED_REASON, "colour_reason": ood.COLOUR_REASON, "flat_reason": ood.FLAT_REASON,
+        "warning_template": ood.WARNING_TEMPLATE, "untrusted_finding": results.UNTRUSTED_FINDING,
+        "untrusted_caption": results.UNTRUSTED_CAPTION,
+    }
+
+
 def site_config(model_dir: Path, label_map_path: Path, web_dir: Path = WEB_DIR) -> dict:
     """What the page needs besides the model, JSON-ready: classes, operating point, colours,
     texts, table columns, limits, and what serves the model.
 
     Raises:
-      ModelLoadError: the label map differs from the model's classes, or ``model.onnx``
-        is missing or not made from the SavedModel beside it.
+      ModelLoadError: the label map differs from the model's classes, ``model.onnx``
+        is missing or not made from the SavedModel beside it, or the in-distribution
+        statistics are stale (:func:`ood_config`).
     """
     info = read_model_info(model_dir)
     classes = load_label_map(label_map_path)
@@ -120,6 +146,7 @@ def site_config(model_dir: Path, label_map_path: Path, web_dir: Path = WEB_DIR) 
         "image_extensions": list(WEB_IMAGE_EXTENSIONS),
         "max_image_pixels": images.MAX_IMAGE_PIXELS,
         "notice": NOTICE,
+        "ood": ood_config(model_dir, info),
         "about": {"model": about.model_markdown(info), "training_data": about.training_data_markdown(info),
                   "limits": about.LIMITS_MARKDOWN, "test_metrics": metrics_table(info)},
     }

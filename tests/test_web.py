@@ -28,8 +28,9 @@ from busdet.boxes import above_threshold
 from busdet.images import read_image
 from busdet.inference import ModelLoadError, detect, load_detector
 from busdet.label_map import load_label_map
+from busdet.ood_samples import document_like, photo_like, with_colour_overlay
 from busdet.phantoms import generate_phantom
-from busdet.results import finding_line
+from busdet.results import analyse_image, result_finding, result_finding_line
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "saved_model"
@@ -43,6 +44,37 @@ COMPARED_SCORE_FLOOR = 0.05
 
 
 # ---------------------------------------------------------------- build and server, no browser
+
+def test_site_config_carries_the_shipped_in_distribution_check(label_map_path):
+    from busdet import ood, results
+    from busdet.inference import compute_saved_model_digest, read_model_info
+
+    info = read_model_info(MODEL_DIR)
+    stats = ood.load_ood_stats(MODEL_DIR, info, compute_saved_model_digest(MODEL_DIR))
+    config = web.site_config(MODEL_DIR, label_map_path)["ood"]
+    np.testing.assert_array_equal(np.array(config["learned"]["means"]), stats.means)
+    np.testing.assert_array_equal(np.array(config["learned"]["precision"]), stats.precision)
+    assert config["learned"]["threshold"] == stats.threshold
+    assert (config["max_colour_fraction"], config["max_flat_fraction"]) == (ood.MAX_COLOUR_FRACTION,
+                                                                           ood.MAX_FLAT_FRACTION)
+    assert config["warning_template"] == ood.WARNING_TEMPLATE
+    assert config["untrusted_finding"] == results.UNTRUSTED_FINDING
+
+
+def test_site_build_refuses_stale_in_distribution_statistics(tmp_path, label_map_path):
+    import shutil
+
+    from busdet.inference import read_model_info, write_model_info
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, model_dir)
+    info = read_model_info(model_dir)
+    info["ood"]["saved_model_sha256"] = "0" * 64
+    write_model_info(model_dir, info)
+    with pytest.raises(ModelLoadError, match="stale, fitted on another SavedModel"):
+        web.build_site(tmp_path / "dist", model_dir, label_map_path)
+    assert not (tmp_path / "dist").exists()
+
 
 def test_site_config_is_derived_from_the_shipped_model_and_package(label_map_path):
     config = web.site_config(MODEL_DIR, label_map_path)
@@ -192,12 +224,11 @@ def test_page_finds_a_lesion_and_the_slider_filters_without_rerunning(open_page,
     expect(page.locator("#about-text")).to_contain_text("doi:10.1016/j.dib.2019.104863")
     assert page.evaluate("() => self.crossOriginIsolated && window.busdet.threads") == min(4, os.cpu_count())
     view.open_files([path])
-    detections = detect(reference_detector, read_image(path))
-    threshold = reference_detector.score_threshold
-    shown = above_threshold(detections, threshold)
+    reference = reference_result(reference_detector, path)
+    shown = reference.shown_boxes
     assert shown, "the shipped model finds the phantom's lesion"
     result = page.locator("article.result")
-    expect(result.locator(".finding")).to_have_text(finding_line(shown))
+    expect(result.locator(".finding")).to_have_text(result_finding_line(reference))
     expect(result.locator("table.boxes tbody tr")).to_have_count(len(shown))
     assert [c.get_attribute("width") for c in result.locator("canvas").all()] == ["878"] * 2
 
@@ -205,7 +236,7 @@ def test_page_finds_a_lesion_and_the_slider_filters_without_rerunning(open_page,
     expect(result.locator("table.boxes tbody tr")).to_have_count(len(view.records()[0]["detections"]))
     view.set_threshold(1)
     expect(result.locator("table.boxes tbody tr")).to_have_count(0)
-    expect(result.locator(".finding")).to_have_text("no lesion above the threshold")
+    expect(result.locator(".finding")).to_have_text(result_finding_line(reference.at_threshold(1)))
     page.get_by_role("button", name="Operating point").click()
     expect(result.locator("table.boxes tbody tr")).to_have_count(len(shown))
     assert view.model_runs() == 1, "moving the threshold must not run the model again"
@@ -317,6 +348,11 @@ def assert_same_csv(page_bytes: bytes, cli_bytes: bytes) -> None:
     assert sum(line not in cli_lines for line in page_lines[1:]) == differing.sum()
 
 
+def reference_result(detector, path: Path):
+    """What ``predict.py --runtime onnx`` records for one file (boxes, in-distribution check), at its threshold."""
+    return analyse_image(detector, path.name, lambda: read_image(path), detector.score_threshold)[0]
+
+
 def test_same_boxes_as_predict_py(open_page, tmp_path, reference_detector):
     paths = comparison_images(tmp_path / "in", BUSI_DIR)
     cli_csv = run_predict_py(tmp_path / "in", tmp_path / "out")
@@ -334,5 +370,40 @@ def test_same_boxes_as_predict_py(open_page, tmp_path, reference_detector):
         assert len(page_shown) == len(above_threshold(reference, threshold)), path.name
     assert_same_csv(view.download(view.page.locator("#summary"), "All boxes CSV"), cli_csv)
     findings = view.page.locator("article.result .finding").all_text_contents()
-    assert findings == [finding_line(above_threshold(detect(reference_detector, read_image(p)), threshold))
-                        for p in paths]
+    assert findings == [result_finding_line(reference_result(reference_detector, p)) for p in paths]
+
+
+def test_a_photo_a_document_and_a_doppler_frame_get_the_warning_as_in_predict_py(open_page, tmp_path,
+                                                                                 reference_detector):
+    from playwright.sync_api import expect
+
+    from busdet.images import write_image
+
+    paths = []
+    for name, image in [("photo.png", photo_like(0)), ("report.png", document_like(0)),
+                        ("doppler.png", with_colour_overlay(generate_phantom(0, "benign").image, 0))]:
+        paths.append(tmp_path / "in" / name)
+        write_image(paths[-1], image)
+    cli_csv = run_predict_py(tmp_path / "in", tmp_path / "out")
+    view = open_page()
+    view.open_files(paths)
+    records = {r["filename"]: r for r in view.records()}
+    for number, path in enumerate(paths, 1):
+        reference = reference_result(reference_detector, path)
+        assert reference.in_distribution is False, path.name
+        check = records[path.name]["check"]
+        assert check["score"] == pytest.approx(reference.check.score, rel=1e-3), path.name
+        assert tuple(check["reasons"]) == reference.check.reasons, path.name
+        article = view.page.locator(f"article.result[data-image='{number}']")
+        expect(article.locator(".warning")).to_have_text(reference.warning[0].upper() + reference.warning[1:] + ".")
+        expect(article.locator(".finding")).to_have_text(result_finding_line(reference))
+        assert "malignan" not in article.locator(".finding").text_content()
+    summary = view.page.locator("#summary-table tbody tr td:nth-child(3)").all_text_contents()
+    assert summary == [result_finding(reference_result(reference_detector, p)) for p in paths]
+    page_csv = view.download(view.page.locator("#summary"), "All boxes CSV")
+    assert pd.read_csv(io.BytesIO(page_csv))["in_distribution"].eq(False).all()
+    if len(pd.read_csv(io.BytesIO(cli_csv))):
+        assert_same_csv(page_csv, cli_csv)
+    else:
+        assert page_csv == cli_csv
+    assert not view.errors

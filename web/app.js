@@ -9,7 +9,8 @@
  * integer x, y, width, height rounded as Python's round() does.
  *
  * Classes, operating point, colours, texts and table columns come from site.json, which
- * busdet.web derives from model_info.json, label_map.pbtxt and the package's constants.
+ * busdet.web derives from model_info.json, label_map.pbtxt and the package's constants; so do
+ * the in-distribution check's statistics (ood_stats.npz), cut-offs and warning texts (busdet.ood).
  */
 import * as ort from './vendor/ort.wasm.min.mjs';
 
@@ -22,9 +23,16 @@ const MODEL_OUTPUTS = {
   boxes: 'detection_boxes',    // float32 [1, N, 4]: normalized [ymin, xmin, ymax, xmax]
   classes: 'detection_classes', // int32 [1, N]: label-map ids
   scores: 'detection_scores',  // float32 [1, N]
+  features: 'image_features',  // float32 [1, D]: pooled backbone features (busdet.ood); absent in older models
 };
 
-/** Model outputs -> every detection in image pixels, most confident first (busdet.inference.detect). */
+/** Model outputs -> {detections, features} as busdet.inference.run_model: every detection in image
+ * pixels, most confident first, and the pooled features (Float32Array [D], or null without them). */
+function readOutputs(outputs, width, height, classes) {
+  const features = outputs[MODEL_OUTPUTS.features]?.data ?? null;
+  return { detections: readDetections(outputs, width, height, classes), features };
+}
+
 function readDetections(outputs, width, height, classes) {
   const count = Number(outputs[MODEL_OUTPUTS.count].data[0]);
   const boxes = outputs[MODEL_OUTPUTS.boxes].data;
@@ -51,13 +59,31 @@ function roundHalfEven(value) {
   return Math.abs(value % 1) === 0.5 && rounded % 2 !== 0 ? rounded - 1 : rounded;
 }
 
-/** Python's round(value, digits): toFixed on the exact binary value, ties to even. */
-function roundDigits(value, digits) {
+/** Python's f'{value:.{digits}f}' (value >= 0): toFixed on the exact binary value, ties to even. */
+function fixedText(value, digits) {
   const exact = value.toFixed(20);
-  const cut = exact.indexOf('.') + 1 + digits;
-  let text = value.toFixed(digits);
-  if (/^50*$/.test(exact.slice(cut)) && Number(exact[cut - 1]) % 2 === 0) text = exact.slice(0, cut);
-  return Number(text);
+  const point = exact.indexOf('.');
+  const cut = point + 1 + digits;
+  const kept = digits ? exact.slice(0, cut) : exact.slice(0, point);
+  if (/^50*$/.test(exact.slice(cut)) && Number(kept.at(-1)) % 2 === 0) return kept;
+  return value.toFixed(digits);
+}
+
+/** Python's round(value, digits). */
+function roundDigits(value, digits) {
+  return Number(fixedText(value, digits));
+}
+
+/** Python's template.format(...values) for the fields busdet's texts use: {}, {:.Nf}, {:.N%}. */
+function formatPython(template, ...values) {
+  let next = 0;
+  return template.replace(/\{(?::\.(\d+)([f%]))?\}/g, (field, digits, type) => {
+    const value = values[next++];
+    if (type === 'f') return fixedText(value, Number(digits));
+    // Python's '%' multiplies by 100 in floating point, then formats as 'f'.
+    if (type === '%') return `${fixedText(value * 100, Number(digits))}%`;
+    return String(value);
+  });
 }
 
 /** A float cell as pandas writes it (Python's repr): 0.8123, 1.0. */
@@ -94,6 +120,119 @@ function findingLine(boxes) {
   return score === null ? sentence : `${sentence} (${score.toFixed(2)})`;
 }
 
+// ---------------------------------------------------------------- the in-distribution check (busdet.ood)
+
+/** busdet.ood.mahalanobis_distances for one feature vector: distance to the nearest dataset mean. */
+function mahalanobisDistance(features, learned) {
+  const size = features.length;
+  const centred = new Float64Array(size);
+  let nearest = Infinity;
+  for (const mean of learned.means) {
+    for (let d = 0; d < size; d += 1) centred[d] = features[d] - mean[d];
+    let squared = 0;
+    for (let d = 0; d < size; d += 1) {
+      const row = learned.precision[d];
+      let dot = 0;
+      for (let e = 0; e < size; e += 1) dot += row[e] * centred[e];
+      squared += centred[d] * dot;
+    }
+    nearest = Math.min(nearest, Math.sqrt(Math.max(squared, 0)));
+  }
+  return nearest;
+}
+
+/** busdet.ood.colour_fraction: pixels whose channels differ by more than colour_spread. */
+function colourFraction(pixels, spread) {
+  let coloured = 0;
+  for (let i = 0; i < pixels.length; i += 3) {
+    const [r, g, b] = [pixels[i], pixels[i + 1], pixels[i + 2]];
+    if (Math.max(r, g, b) - Math.min(r, g, b) > spread) coloured += 1;
+  }
+  return coloured / (pixels.length / 3);
+}
+
+/**
+ * busdet.ood.flat_fraction: pixels brighter than `darkest` whose every channel's 3x3 neighbourhood
+ * spans at most `spread` levels. OpenCV's dilate - erode with a 3x3 kernel: at the edge the
+ * neighbourhood is what lies inside the image (its default border ignores outside pixels), done
+ * here as a row pass then a column pass, which gives the same max and min.
+ */
+function flatFraction(pixels, width, height, spread, darkest) {
+  const rowMax = new Uint8Array(pixels.length);
+  const rowMin = new Uint8Array(pixels.length);
+  for (let y = 0; y < height; y += 1) {
+    for (let x = 0; x < width; x += 1) {
+      for (let c = 0; c < 3; c += 1) {
+        const at = (y * width + x) * 3 + c;
+        let [high, low] = [pixels[at], pixels[at]];
+        if (x > 0) [high, low] = [Math.max(high, pixels[at - 3]), Math.min(low, pixels[at - 3])];
+        if (x < width - 1) [high, low] = [Math.max(high, pixels[at + 3]), Math.min(low, pixels[at + 3])];
+        rowMax[at] = high;
+        rowMin[at] = low;
+      }
+    }
+  }
+  const stride = width * 3;
+  let flat = 0;
+  for (let y = 0; y < height; y += 1) {
+    for (let x = 0; x < width; x += 1) {
+      let widest = 0;
+      let brightest = 0;
+      for (let c = 0; c < 3; c += 1) {
+        const at = (y * width + x) * 3 + c;
+        let [high, low] = [rowMax[at], rowMin[at]];
+        if (y > 0) [high, low] = [Math.max(high, rowMax[at - stride]), Math.min(low, rowMin[at - stride])];
+        if (y < height - 1) [high, low] = [Math.max(high, rowMax[at + stride]), Math.min(low, rowMin[at + stride])];
+        widest = Math.max(widest, high - low);
+        brightest = Math.max(brightest, pixels[at]);
+      }
+      if (widest <= spread && brightest > darkest) flat += 1;
+    }
+  }
+  return flat / (width * height);
+}
+
+/** busdet.ood.check_image: {score (null without statistics or features), reasons (none: in distribution)}. */
+function checkImage(image, features, ood) {
+  const reasons = [];
+  const coloured = colourFraction(image.pixels, ood.colour_spread);
+  if (coloured > ood.max_colour_fraction) reasons.push(formatPython(ood.colour_reason, coloured));
+  const flat = flatFraction(image.pixels, image.width, image.height, ood.flat_spread, ood.flat_darkest);
+  if (flat > ood.max_flat_fraction) reasons.push(formatPython(ood.flat_reason, flat));
+  let score = null;
+  if (ood.learned && features) {
+    score = mahalanobisDistance(features, ood.learned);
+    if (score > ood.learned.threshold) {
+      reasons.unshift(formatPython(ood.learned_reason, score, ood.learned.threshold));
+    }
+  }
+  return { score, reasons };
+}
+
+/** busdet.results.ImageResult.in_distribution: null for a file the model did not run on. */
+function inDistribution(record) {
+  return record.error || !record.check ? null : record.check.reasons.length === 0;
+}
+
+/** busdet.ood.ImageCheck.warning: '' for an image in distribution, else the sentence the user sees. */
+function checkWarning(record, ood) {
+  return inDistribution(record) === false ? formatPython(ood.warning_template, record.check.reasons.join('; ')) : '';
+}
+
+/** busdet.results.result_finding: the image-level sentence, never a lesion reading for a flagged image. */
+function resultFinding(record, shown, ood) {
+  return inDistribution(record) === false ? ood.untrusted_finding : imageFinding(shown)[0];
+}
+
+/** busdet.results.result_finding_line. */
+function resultFindingLine(record, shown, ood) {
+  return inDistribution(record) === false ? `${ood.untrusted_finding} (${shown.length} box(es) drawn)`
+    : findingLine(shown);
+}
+
+/** A CSV cell of a Python bool (pandas' nullable boolean: empty for None). */
+const pythonBool = (value) => (value === null ? null : value ? 'True' : 'False');
+
 // ---------------------------------------------------------------- tables (busdet.tables)
 
 function csvCell(value) {
@@ -109,6 +248,7 @@ function predictionRows(record, threshold) {
     filename: record.filename, ...Object.fromEntries(['xmin', 'ymin', 'width', 'height'].map(
       (name, i) => [name, pixelXywh(box)[i]])),
     label: box.label, score: formatFloat(roundDigits(box.score, 4)), frame: null, width_mm: null, height_mm: null,
+    in_distribution: pythonBool(inDistribution(record)),
   }));
 }
 
@@ -235,8 +375,9 @@ function copyCanvas(source) {
   return canvas;
 }
 
-/** busdet.drawing.draw_boxes: the image with its shown boxes, "label 0.91", on a new canvas. */
-function drawBoxes(source, boxes, config) {
+/** busdet.drawing.draw_boxes: the image with its shown boxes, "label 0.91", and the caption
+ * (or null) in the bottom-left corner, on a new canvas. */
+function drawBoxes(source, boxes, config, caption = null) {
   const canvas = copyCanvas(source);
   const context = canvas.getContext('2d');
   const style = drawingStyle(canvas.width, canvas.height);
@@ -250,9 +391,8 @@ function drawBoxes(source, boxes, config) {
     context.strokeRect(left + 0.5, top + 0.5, right - left, bottom - top);
     drawTag(context, `${box.label} ${box.score.toFixed(2)}`, left, top, colour, style, config.text_colour);
   }
-  if (!boxes.length) {
-    drawTag(context, config.no_lesion_text, 0, canvas.height, [255, 255, 255], style, config.text_colour);
-  }
+  const notes = [caption, boxes.length ? null : config.no_lesion_text].filter(Boolean);
+  if (notes.length) drawTag(context, notes.join(' | '), 0, canvas.height, [255, 255, 255], style, config.text_colour);
   return canvas;
 }
 
@@ -345,7 +485,8 @@ class Page {
 
   /** Runs the model on one file; a file that cannot be read gets its reason, the others go on. */
   async analyse(file) {
-    const record = { filename: file.name, width: null, height: null, error: null, detections: [], seconds: null };
+    const record = { filename: file.name, width: null, height: null, error: null, detections: [], seconds: null,
+                     check: null };
     try {
       const image = await decodeImage(file, this.config.max_image_pixels);
       Object.assign(record, { width: image.width, height: image.height, canvas: image.canvas });
@@ -354,7 +495,9 @@ class Page {
       const outputs = await this.session.run({ [MODEL_INPUT]: input });
       this.modelRuns += 1;
       record.seconds = (performance.now() - start) / 1000;
-      record.detections = readDetections(outputs, image.width, image.height, this.classes);
+      const { detections, features } = readOutputs(outputs, image.width, image.height, this.classes);
+      record.detections = detections;
+      record.check = checkImage(image, features, this.config.ood);
     } catch (error) {
       record.error = error instanceof ImageReadError ? error.message : `model failed (${error.message || error})`;
     }
@@ -417,7 +560,8 @@ class Page {
     const columns = this.config.prediction_columns;
     const rows = this.records.map((record, i) => {
       const shown = aboveThreshold(record.detections, this.threshold);
-      return [i + 1, record.filename, record.error ? '' : imageFinding(shown)[0], record.width, record.height,
+      return [i + 1, record.filename, record.error ? '' : resultFinding(record, shown, this.config.ood),
+              record.width, record.height,
               record.error ? null : shown.length, record.error ? 'error' : 'ok', record.error ?? ''];
     });
     $('summary').replaceChildren(
@@ -429,14 +573,20 @@ class Page {
 
   resultNode(record, number) {
     const shown = aboveThreshold(record.detections, this.threshold);
-    const annotated = drawBoxes(record.canvas, shown, this.config);
+    const ood = this.config.ood;
+    const flagged = inDistribution(record) === false;
+    const annotated = drawBoxes(record.canvas, shown, this.config, flagged ? ood.untrusted_caption : null);
+    const warning = checkWarning(record, ood);
     const original = copyCanvas(record.canvas);
     const stem = safeStem(record.filename);
     const columns = this.config.box_columns;
     const rows = predictionRows(record, this.threshold).map((row) => columns.map((name) => row[name]));
     const node = element('article', { className: 'result' }, [
       element('h2', { textContent: record.filename }),
-      element('p', { className: 'finding', textContent: findingLine(shown) }),
+      // As the Streamlit page's st.warning: the sentence capitalised, with a full stop.
+      ...(warning ? [element('p', { className: 'warning', role: 'alert',
+                                    textContent: `${warning[0].toUpperCase()}${warning.slice(1)}.` })] : []),
+      element('p', { className: 'finding', textContent: resultFindingLine(record, shown, ood) }),
       element('p', { className: 'caption', textContent: `${shown.length} box(es) at threshold `
         + `${this.threshold.toFixed(4)}; inference ${record.seconds.toFixed(2)} s` }),
       element('div', { className: 'images' }, [

@@ -61,7 +61,8 @@ class UltrasoundDataConfig(retinanet_cfg.DataConfig):
 class BackboneInit(hyperparams.Config):
     """Where the backbone's first weights came from (``--init``), carried from stage to stage.
 
-    ``weights``: ``none`` (random) or ``imagenet``; ``file`` and ``sha256`` name the
+    ``weights``: ``none`` (random), ``imagenet``, or ``unknown`` (started from a checkpoint whose
+    run recorded nothing); ``file`` and ``sha256`` name the
     weights file (its name only: the user's folders are nobody's business).
     """
 

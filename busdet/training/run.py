@@ -150,11 +150,12 @@ def load_run_params(model_dir: Path) -> hyperparams.Config:
 
 def _backbone_init_of(checkpoint: Path) -> dict:
     """The ``backbone_init`` recorded by the run that wrote ``checkpoint`` (its ``params.yaml`` is in
-    the checkpoint's folder or, for ``best/``, the one above); random when none is found."""
+    the checkpoint's folder or, for ``best/``, the one above); ``unknown`` when none is found, rather
+    than claim a random start nobody recorded."""
     for folder in (checkpoint.parent, checkpoint.parent.parent):
         if (folder / "params.yaml").is_file():
             return load_run_params(folder).task.backbone_init.as_dict()
-    return {"weights": "none", "file": "", "sha256": ""}
+    return {"weights": "unknown", "file": "", "sha256": ""}
 
 
 def _has_checkpoint(model_dir: Optional[Path]) -> bool:

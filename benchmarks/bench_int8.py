@@ -5,7 +5,7 @@
         --busbra ../shared/busbra/BUS-BRA --json int8.json
 
 Quantizes ``--model``'s ``model.onnx`` (:func:`busdet.quantization.quantize_onnx`,
-calibrated on ``--calibration`` BUSI training images) into ``--work``, then runs the
+calibrated on ``--calibration`` training images of each dataset) into ``--work``, then runs the
 float and the int8 model in turn on every test image of each dataset, scores both
 with :func:`busdet.evaluation.compute_evaluation`, and prints per dataset the
 metrics, their drop and the median network time. The rule of issue 12: adopt int8
@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
 from busdet.annotations import annotate_dataset  # noqa: E402
+from busdet.datasets import read_split_csv  # noqa: E402
 from busdet.cli import run_command  # noqa: E402
 from busdet.evaluation import compute_evaluation  # noqa: E402
-from busdet.evaluation.measure import split_truth  # noqa: E402
 from busdet.images import read_image  # noqa: E402
 from busdet.inference import ONNX_FILE, ModelLoadError, load_detector, load_onnx_predict, timed_detect  # noqa: E402
 
@@ -45,7 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--busi-split", type=Path, default=ROOT / "data" / "busi_split.csv")
     parser.add_argument("--busbra", type=Path, default=None, help="BUS-BRA folder (optional)")
     parser.add_argument("--busbra-split", type=Path, default=ROOT / "data" / "busbra_split.csv")
-    parser.add_argument("--calibration", type=int, default=64, help="BUSI training images to calibrate on")
+    parser.add_argument("--calibration", type=int, default=32,
+                        help="training images of each dataset to calibrate on")
     parser.add_argument("--work", type=Path, default=ROOT / "work" / "int8", help="where the int8 model goes")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     return parser
@@ -56,6 +57,12 @@ def calibration_paths(images, split: dict, count: int):
     train = sorted((i for i in images if split.get(i.filename) == "train"), key=lambda i: i.filename)
     step = max(1, len(train) // count)
     return [image.path for image in train[::step][:count]]
+
+
+def split_truth(images, split: dict, name: str) -> tuple:
+    """``(members, truth, labels)`` of the split ``name``: its images, their boxes and labels by file name."""
+    members = [image for image in images if split.get(image.filename) == name]
+    return members, {i.filename: i.boxes for i in members}, {i.filename: i.label for i in members}
 
 
 def run_both(detectors: dict, members) -> tuple:
@@ -85,7 +92,6 @@ def measure_dataset(detectors: dict, images, split: dict, classes: list, score_t
 
 def main(args: argparse.Namespace) -> int:
     from busdet.quantization import quantize_onnx
-    from busdet.training.data import read_split_csv  # imports TensorFlow, only to read the split
 
     try:
         float_detector = load_detector(args.model, args.label, runtime="onnx")
@@ -101,8 +107,10 @@ def main(args: argparse.Namespace) -> int:
             return 2
     annotated = {name: annotate_dataset(folder, classes)[0] for name, (folder, _) in datasets.items()}
     splits = {name: read_split_csv(split_path) for name, (_, split_path) in datasets.items()}
-    int8_path = quantize_onnx(args.model / ONNX_FILE, args.work / "model_int8.onnx",
-                              calibration_paths(annotated["busi"], splits["busi"], args.calibration))
+    # Calibrated on every dataset given: ranges fitted on one centre's images clip the other's.
+    calibration = [path for name in datasets
+                   for path in calibration_paths(annotated[name], splits[name], args.calibration)]
+    int8_path = quantize_onnx(args.model / ONNX_FILE, args.work / "model_int8.onnx", calibration)
     predict, session = load_onnx_predict(int8_path)
     detectors = {"float": float_detector, "int8": dataclasses.replace(float_detector, predict=predict, owner=session)}
     figures = {name: measure_dataset(detectors, annotated[name], splits[name], classes, float_detector.score_threshold)

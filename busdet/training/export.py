@@ -60,6 +60,19 @@ class DetectionWithFeaturesModule(detection.DetectionModule):
     """Model Garden's detection serving module, plus the pooled backbone features
     (:data:`FEATURES_OUTPUT`) computed in the same forward pass as the boxes."""
 
+    def preprocess(self, images: tf.Tensor):
+        """Model Garden's preprocessing of the one image of a batch-1 signature, without its
+        ``tf.map_fn``: the same ops on ``images[0]``, so the same pixels, but no loop. tf2onnx
+        turns the map into an ONNX ``Loop`` that ONNX Runtime runs op by op with dynamic shapes
+        (about a tenth of the network's time, issue 21); unrolled, the anchors fold into constants."""
+        if self._batch_size != 1:
+            return super().preprocess(images)
+        with tf.device("cpu:0"):
+            image, anchor_boxes, image_info = self._build_inputs(images[0])
+            image = tf.ensure_shape(image, self._padded_size + [3])
+            return (image[tf.newaxis], {level: anchors[tf.newaxis] for level, anchors in anchor_boxes.items()},
+                    image_info[tf.newaxis])
+
     def serve(self, images: tf.Tensor):
         outputs = super().serve(images)
         levels = [outputs[f"backbone_{level}"] for level in FEATURE_LEVELS]

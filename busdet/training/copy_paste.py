@@ -192,9 +192,9 @@ def paste_lesion(image: np.ndarray, lesion: Lesion, top_left: Tuple[int, int],
                  feather: float = 2.0) -> Tuple[np.ndarray, Box]:
     """Pastes ``lesion`` (at its own size) into RGB ``image`` with its crop's top-left at ``top_left`` (y, x).
 
-    The lesion's gray levels are mapped so that its margin of tissue takes the mean and
-    spread of the target's tissue under the crop (the lesion keeps its contrast to its
-    surroundings: a dark lesion stays darker than the tissue around it); the mask,
+    The lesion's gray levels are mapped so that its margin of tissue takes the mean
+    gray of the target's tissue under the crop (:func:`match_gray_levels`: the lesion
+    keeps its contrast to its surroundings, a dark lesion stays darker); the mask,
     grown and blurred by ``feather`` pixels, is the blending weight, fading to zero at
     the crop's edges, so that neither a gray step nor a seam marks the paste.
 
@@ -217,15 +217,21 @@ def paste_lesion(image: np.ndarray, lesion: Lesion, top_left: Tuple[int, int],
 
 
 def match_gray_levels(pixels: np.ndarray, mask: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """``pixels`` (uint8 ``[h, w]``) as float32, shifted and scaled so that their tissue outside
-    ``mask`` has the mean and standard deviation of ``target``'s (black pixels are no tissue)."""
+    """``pixels`` (uint8 ``[h, w]``) as float32, so that their tissue outside ``mask`` has the mean
+    gray of ``target``'s there (black pixels are no tissue).
+
+    A gain about black, as a scanner's gain acts (an anechoic cyst stays black and the
+    lesion keeps its contrast ratio to the tissue, speckle spread scaling with it);
+    what :data:`_GAIN_LIMITS` leave of the difference is added as an offset.
+    """
     source_tissue, target_tissue = pixels[~mask], target[~mask]
     source_tissue, target_tissue = source_tissue[source_tissue > 0], target_tissue[target_tissue > 0]
     values = pixels.astype(np.float32)
     if source_tissue.size < 10 or target_tissue.size < 10:
         return values
-    gain = np.clip(target_tissue.std() / max(float(source_tissue.std()), 1.0), *_GAIN_LIMITS)
-    return (values - np.float32(source_tissue.mean())) * np.float32(gain) + np.float32(target_tissue.mean())
+    source_mean, target_mean = max(float(source_tissue.mean()), 1.0), float(target_tissue.mean())
+    gain = float(np.clip(target_mean / source_mean, *_GAIN_LIMITS))
+    return values * np.float32(gain) + np.float32(target_mean - gain * source_mean)
 
 
 def feathered_alpha(mask: np.ndarray, feather: float) -> np.ndarray:

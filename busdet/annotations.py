@@ -171,12 +171,20 @@ def boxes_from_mask(mask: np.ndarray, label: str, min_area: int = DEFAULT_MIN_AR
     Returns:
       Boxes in pixel corners, ordered top-to-bottom then left-to-right.
     """
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    boxes = []
-    for x, y, width, height, area in stats[1:count]:  # row 0 is the background
+    return [box for box, _ in lesion_regions(mask, label, min_area)]
+
+
+def lesion_regions(mask: np.ndarray, label: str, min_area: int = DEFAULT_MIN_AREA) -> List[Tuple[Box, np.ndarray]]:
+    """The lesions of :func:`boxes_from_mask`, each with its own region: ``(box, bool [h, w])``, the
+    component's pixels inside its box (another component crossing the box is not in it)."""
+    count, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    regions = []
+    for index in range(1, count):  # component 0 is the background
+        x, y, width, height, area = stats[index]
         if area >= min_area:
-            boxes.append(box_from_xywh(x, y, width, height, label))
-    return sorted(boxes, key=lambda b: (b.ymin, b.xmin))
+            regions.append((box_from_xywh(x, y, width, height, label),
+                            components[y:y + height, x:x + width] == index))
+    return sorted(regions, key=lambda region: (region[0].ymin, region[0].xmin))
 
 
 def annotate_case(case: Case, min_area: int = DEFAULT_MIN_AREA) -> AnnotatedImage:

@@ -2,7 +2,8 @@
 
     rng = np.random.default_rng(seed)
     image, boxes = augment_ultrasound(image, boxes, rng, UltrasoundAugmentation())
-    image, boxes = augment_ultrasound_tf(image, boxes, params)  # inside a tf.data map
+    image, boxes, classes = augment_example(image, boxes, classes, rng, params, bank)  # with copy-paste
+    image, boxes, classes = augment_example_tf(image, boxes, classes, params, bank)  # inside a tf.data map
 
     python tools/plot_augmentations.py --output docs/augmentation_grid.png  # see it
 
@@ -18,25 +19,34 @@ module varies what differs between scanners and clinics:
   crop and the final resize are Model Garden's parser scale jitter, not done here;
 - burned-in overlays: text, calipers (at lesion edges *and* anywhere, on
   lesion-free images too, so that calipers are no lesion cue), depth rulers and
-  body-marker pictograms. Overlays change no boxes.
+  body-marker pictograms. Overlays change no boxes;
+- copy-paste (off by default, ``copy_paste_probability``): lesions of the training
+  split, cut from their masks (:mod:`busdet.training.copy_paste`), pasted into the
+  image before everything else, each adding a box and its class. It is there for
+  the benign-vs-malignant decision: a lesion seen on other tissue than its own.
 
 Each function is pure (returns a new array) and draws its randomness from the
 ``numpy.random.Generator`` it is given: same seed, same pixels. Images are RGB
 ``uint8 [H, W, 3]``, gray replicated in the channels, so gray maps and noise act
 identically on all three (colour noise would be a cue that does not exist); only
 overlays may be coloured, as on some clinics' exports. Boxes are float32
-``[N, 4]`` normalized ``[ymin, xmin, ymax, xmax]``; N may be 0 (normal images).
+``[N, 4]`` normalized ``[ymin, xmin, ymax, xmax]``; N may be 0 (normal images);
+classes int64 ``[N]``, label-map ids.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import tensorflow as tf
 from official.modeling import hyperparams
+
+from busdet.boxes import boxes_to_normalized_yxyx
+from busdet.training.copy_paste import LesionBank, paste_lesion, resize_lesion
+from busdet.training.sampling import MALIGNANT_CLASS
 
 Colour = Tuple[int, int, int]
 Segment = Tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
@@ -46,6 +56,10 @@ FAMILIES = ("gray_map", "tgc", "speckle", "blur", "resolution", "zoom_out",
 # Colours of overlays on colour exports (RGB): yellow, green, cyan, amber.
 OVERLAY_COLOURS = ((255, 255, 0), (0, 255, 0), (0, 255, 255), (255, 200, 0))
 _FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX)
+_PASTE_TRIES = 20  # random places tried per pasted lesion before it is given up
+_PASTE_MAX_FRACTION = 0.6  # of the image's height and width: the largest pasted crop
+_PASTE_MIN_SIDE = 12  # pixels: smaller pasted crops are given up
+_TISSUE_LEVEL = 8  # local mean gray above which a pixel is tissue, not black margin
 _WORDS = ("BREAST", "LT BREAST", "RT BREAST", "L", "R", "RADIAL", "ANTI-RAD", "TRANS", "SAG", "L12-5",
           "ML6-15", "14L5", "LA523", "2D", "THI", "Res", "Gen", "CH1", "12 O'CLOCK", "3CM FN", "B")
 
@@ -57,6 +71,19 @@ class UltrasoundAugmentation(hyperparams.Config):
     ``probability`` gates the whole chain; each family in :data:`FAMILIES` then
     applies on its own with ``<family>_probability``. With the defaults about 16 %
     of the images pass untouched (15 % by the gate, the rest by drawing no family).
+
+    ``copy_paste_*`` (:func:`augment_example`, outside the gate, off by default): with
+    ``copy_paste_probability`` on a lesion-free image (normal, background crop), that
+    times ``copy_paste_lesion_image_factor`` on an image with lesions, 1 to
+    ``copy_paste_max`` lesions of the bank are pasted where the image is tissue (never
+    on black margins, never over a box), at ``copy_paste_scale_range`` times their own
+    size in pixels (capped at 0.6 of the image), mirrored with
+    ``copy_paste_flip_probability``, gray levels matched to the tissue there and the
+    edge feathered by ``copy_paste_feather`` pixels. ``copy_paste_malignant_fraction``
+    of the pasted lesions are malignant (negative: as often as in the bank). Turn it
+    on from a stage YAML, e.g. ``task.train_data.augmentation.copy_paste_probability:
+    0.5``; ``copy_paste_banks`` (the bank files) is filled in by
+    :func:`busdet.training.run.build_params` from the records folder.
     """
 
     probability: float = 0.85
@@ -88,6 +115,15 @@ class UltrasoundAugmentation(hyperparams.Config):
     caliper_on_lesion_fraction: float = 0.5  # of the caliper pairs on an image with lesions
     text_probability: float = 0.5
     overlay_colour_probability: float = 0.25  # else light gray / white
+    # Copy-paste of training lesions (issue 18); 0 = off, and then not one random number is drawn for it.
+    copy_paste_probability: float = 0.0
+    copy_paste_lesion_image_factor: float = 0.5
+    copy_paste_max: int = 2
+    copy_paste_malignant_fraction: float = 0.5
+    copy_paste_scale_range: List[float] = dataclasses.field(default_factory=lambda: [0.8, 1.25])
+    copy_paste_flip_probability: float = 0.5
+    copy_paste_feather: float = 2.0
+    copy_paste_banks: List[str] = dataclasses.field(default_factory=list)
 
 
 def only_family(family: str, **overrides) -> UltrasoundAugmentation:
@@ -127,16 +163,71 @@ def augment_ultrasound(image: np.ndarray, boxes: np.ndarray, rng: np.random.Gene
     return image, boxes
 
 
-def augment_ultrasound_tf(image: tf.Tensor, boxes: tf.Tensor,
-                          params: UltrasoundAugmentation) -> Tuple[tf.Tensor, tf.Tensor]:
-    """:func:`augment_ultrasound` as a TF op for a ``tf.data`` map; the seed comes from ``tf.random``.
+def augment_example(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, rng: np.random.Generator,
+                    params: UltrasoundAugmentation,
+                    bank: Optional[LesionBank] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Copy-paste (with ``params.copy_paste_probability``) then :func:`augment_ultrasound`.
+
+    First, so that the pasted lesion then gets the same gray map, speckle, blur and
+    framing as the tissue around it. With ``copy_paste_probability`` 0 nothing is
+    drawn for it: the output is :func:`augment_ultrasound`'s for the same ``rng``.
 
     Args:
-      image: ``uint8 [H, W, 3]``; boxes: ``float32 [N, 4]`` normalized ``[ymin, xmin, ymax, xmax]``.
+      classes: int64 ``[N]``, the label-map id of each box.
+      bank: the lesions to paste; needed when ``copy_paste_probability`` > 0.
     Returns:
-      ``(uint8 [None, None, 3], float32 [None, 4])``.
+      ``(image, boxes float32 [N + k, 4], classes int64 [N + k])``, the k pasted lesions last.
+    Raises:
+      ValueError: copy-paste is on and ``bank`` is None or empty.
+    """
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    classes = np.asarray(classes, dtype=np.int64).reshape(-1)
+    if params.copy_paste_probability > 0:
+        if not bank:
+            raise ValueError("augmentation.copy_paste_probability > 0 needs a lesion bank (copy_paste_banks)")
+        chance = params.copy_paste_probability * (params.copy_paste_lesion_image_factor if len(boxes) else 1.0)
+        if rng.random() < chance:
+            image, boxes, classes = random_copy_paste(image, boxes, classes, rng, params, bank)
+    image, boxes = augment_ultrasound(image, boxes, rng, params)
+    return image, boxes, classes
+
+
+def augment_example_tf(image: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor, params: UltrasoundAugmentation,
+                       bank: Optional[LesionBank] = None) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """:func:`augment_example` as a TF op for a ``tf.data`` map; the seed comes from ``tf.random``.
+
+    Args:
+      image: ``uint8 [H, W, 3]``; boxes: ``float32 [N, 4]`` normalized ``[ymin, xmin, ymax, xmax]``;
+      classes: integer ``[N]``.
+    Returns:
+      ``(uint8 [None, None, 3], float32 [None, 4], int64 [None])``.
     """
     # Drawn by TF so that tf.random.set_seed makes a training run's augmentation reproducible.
+    seed = tf.random.uniform([], maxval=tf.int64.max, dtype=tf.int64)
+    return augment_example_seeded_tf(image, boxes, classes, seed, params, bank)
+
+
+def augment_example_seeded_tf(image: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor, seed: tf.Tensor,
+                              params: UltrasoundAugmentation,
+                              bank: Optional[LesionBank] = None) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """:func:`augment_example_tf` with an explicit int64 ``seed``: the same pixels as
+    ``augment_example(image, boxes, classes, np.random.default_rng(seed), params, bank)``."""
+    def run(pixels, corners, labels, seed_value):
+        return augment_example(pixels, corners, labels, np.random.default_rng(int(seed_value)), params, bank)
+
+    new_image, new_boxes, new_classes = tf.numpy_function(
+        run, [image, boxes, tf.cast(classes, tf.int64), seed], [tf.uint8, tf.float32, tf.int64],
+        name="augment_ultrasound")
+    new_image.set_shape([None, None, 3])
+    new_boxes.set_shape([None, 4])
+    new_classes.set_shape([None])
+    return new_image, new_boxes, new_classes
+
+
+def augment_ultrasound_tf(image: tf.Tensor, boxes: tf.Tensor,
+                          params: UltrasoundAugmentation) -> Tuple[tf.Tensor, tf.Tensor]:
+    """:func:`augment_ultrasound` as a TF op (no classes, so no copy-paste); the seed from ``tf.random``."""
     seed = tf.random.uniform([], maxval=tf.int64.max, dtype=tf.int64)
     return augment_ultrasound_seeded_tf(image, boxes, seed, params)
 
@@ -145,14 +236,27 @@ def augment_ultrasound_seeded_tf(image: tf.Tensor, boxes: tf.Tensor, seed: tf.Te
                                  params: UltrasoundAugmentation) -> Tuple[tf.Tensor, tf.Tensor]:
     """:func:`augment_ultrasound_tf` with an explicit int64 ``seed``: the same pixels as
     ``augment_ultrasound(image, boxes, np.random.default_rng(seed), params)``."""
-    def run(pixels, corners, seed_value):
-        return augment_ultrasound(pixels, corners, np.random.default_rng(int(seed_value)), params)
-
-    new_image, new_boxes = tf.numpy_function(run, [image, boxes, seed], [tf.uint8, tf.float32],
-                                             name="augment_ultrasound")
-    new_image.set_shape([None, None, 3])
-    new_boxes.set_shape([None, 4])
+    no_classes = tf.zeros(tf.shape(boxes)[:1], tf.int64)
+    new_image, new_boxes, _ = augment_example_seeded_tf(image, boxes, no_classes, seed,
+                                                        params.replace(copy_paste_probability=0.0))
     return new_image, new_boxes
+
+
+def lesion_bank_for(params: Optional[UltrasoundAugmentation]) -> Optional[LesionBank]:
+    """The bank ``params`` paste from (its ``copy_paste_banks`` loaded), or None when copy-paste is off.
+
+    Raises:
+      ValueError: copy-paste is on but no bank file is named; FileNotFoundError: one is missing.
+    """
+    if params is None or params.copy_paste_probability <= 0:
+        return None
+    if not params.copy_paste_banks:
+        raise ValueError(f"augmentation.copy_paste_probability is {params.copy_paste_probability} but "
+                         "copy_paste_banks names no lesion bank (tools/train.py fills it in from --records)")
+    bank = LesionBank.load(params.copy_paste_banks)
+    if not bank:
+        raise ValueError(f"{', '.join(params.copy_paste_banks)}: the lesion banks hold no lesion")
+    return bank
 
 
 # --- scanner settings ---------------------------------------------------------------
@@ -250,6 +354,81 @@ def zoom_out(image: np.ndarray, boxes: np.ndarray, canvas_size: Tuple[int, int],
     scale = np.array([height / canvas_height, width / canvas_width] * 2, dtype=np.float64)
     shift = np.array([top / canvas_height, left / canvas_width] * 2, dtype=np.float64)
     return canvas, (boxes * scale + shift).astype(np.float32)
+
+
+# --- copy-paste ------------------------------------------------------------------------------
+
+
+def tissue_mask(image: np.ndarray) -> np.ndarray:
+    """uint8 ``[H, W]``, 1 where RGB ``image`` is tissue: the local mean gray is above black, eroded
+    so that the black margins (and the tissue's last few pixels before them) are left out."""
+    size = max(3, min(image.shape[:2]) // 40) | 1
+    local_mean = cv2.blur(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), (size, size))
+    return cv2.erode((local_mean > _TISSUE_LEVEL).astype(np.uint8), np.ones((size, size), np.uint8))
+
+
+def random_copy_paste(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, rng: np.random.Generator,
+                      params: UltrasoundAugmentation, bank: LesionBank) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pastes 1 to ``copy_paste_max`` lesions of ``bank`` (see :class:`UltrasoundAugmentation`).
+
+    A lesion's whole crop (lesion and margin) must lie on tissue and clear of every
+    box, given and pasted; a lesion without such a place in :data:`_PASTE_TRIES` draws
+    is left out, so fewer (or no) lesions may be pasted. Boxes and classes of the
+    pasted lesions are appended.
+    """
+    height, width = image.shape[:2]
+    tissue = cv2.integral(tissue_mask(image))
+    taken = [tuple(box) for box in boxes * np.array([height, width, height, width])]
+    new_boxes, new_classes = [], []
+    for _ in range(int(rng.integers(1, params.copy_paste_max + 1))):
+        lesion = bank.lesions[_draw_lesion_index(rng, bank, params.copy_paste_malignant_fraction)]
+        size = np.array(lesion.mask.shape) * rng.uniform(*params.copy_paste_scale_range) / lesion.scale
+        size = np.round(size * min(1.0, *(_PASTE_MAX_FRACTION * np.array([height, width]) / size))).astype(int)
+        flip = rng.random() < params.copy_paste_flip_probability
+        if size.min() < _PASTE_MIN_SIDE:
+            continue
+        lesion = resize_lesion(lesion, tuple(size), flip)
+        top_left = _draw_place(rng, tissue, taken, tuple(size))
+        if top_left is None or not lesion.mask.any():
+            continue
+        image, box = paste_lesion(image, lesion, top_left, params.copy_paste_feather)
+        taken.append((top_left[0], top_left[1], top_left[0] + size[0], top_left[1] + size[1]))
+        new_boxes.append(box)
+        new_classes.append(lesion.class_id)
+    if not new_boxes:
+        return image, boxes, classes
+    return (image, np.concatenate([boxes, boxes_to_normalized_yxyx(new_boxes, width, height)]),
+            np.concatenate([classes, np.array(new_classes, dtype=np.int64)]))
+
+
+def _draw_lesion_index(rng: np.random.Generator, bank: LesionBank, malignant_fraction: float) -> int:
+    """A lesion of the bank: malignant with ``malignant_fraction`` (when the bank has both kinds),
+    else uniformly; a negative fraction draws uniformly from the whole bank."""
+    malignant = bank.indices(MALIGNANT_CLASS)
+    others = np.setdiff1d(np.arange(len(bank)), malignant)
+    if malignant_fraction < 0 or not len(malignant) or not len(others):
+        return int(rng.integers(len(bank)))
+    pool = malignant if rng.random() < malignant_fraction else others
+    return int(pool[rng.integers(len(pool))])
+
+
+def _draw_place(rng: np.random.Generator, tissue: np.ndarray, taken: List[Tuple[float, ...]],
+                size: Tuple[int, int]) -> Optional[Tuple[int, int]]:
+    """A top-left (y, x) where a ``size`` crop lies wholly on tissue (``tissue``: its integral image)
+    and overlaps no ``taken`` box (pixels, ``ymin, xmin, ymax, xmax``); None when none is found."""
+    height, width = tissue.shape[0] - 1, tissue.shape[1] - 1
+    crop_height, crop_width = size
+    if crop_height > height or crop_width > width:
+        return None
+    for _ in range(_PASTE_TRIES):
+        top, left = int(rng.integers(0, height - crop_height + 1)), int(rng.integers(0, width - crop_width + 1))
+        bottom, right = top + crop_height, left + crop_width
+        on_tissue = (tissue[bottom, right] - tissue[top, right] - tissue[bottom, left] + tissue[top, left]
+                     == crop_height * crop_width)
+        clear = all(bottom <= y0 or top >= y1 or right <= x0 or left >= x1 for y0, x0, y1, x1 in taken)
+        if on_tissue and clear:
+            return top, left
+    return None
 
 
 # --- burned-in overlays -------------------------------------------------------------------

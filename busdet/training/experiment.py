@@ -5,7 +5,8 @@ decoder, RetinaNet head, anchors, focal/Huber losses, detection generator (NMS),
 COCO evaluator, orbit trainer, weighted sampling of the training sources. This
 module adds only what ultrasound needs on top: augmentation for other scanners and
 clinics (:mod:`busdet.training.augment`: gain, TGC, speckle, blur, resolution,
-zoom-out, burned-in overlays) applied to the decoded image before Model Garden's
+zoom-out, burned-in overlays; optionally copy-paste of training lesions, which adds
+boxes and classes) applied to the decoded image before Model Garden's
 own parser does its scale jitter, crop and anchor labelling, and validation in the
 model card's terms per dataset.
 
@@ -28,7 +29,7 @@ from official.vision.dataloaders import input_reader, input_reader_factory, reti
 from official.vision.ops import preprocess_ops
 from official.vision.tasks import retinanet as retinanet_task
 
-from busdet.training.augment import UltrasoundAugmentation, augment_ultrasound_tf
+from busdet.training.augment import UltrasoundAugmentation, augment_example_tf, lesion_bank_for
 from busdet.training.sampling import Sampling
 from busdet.training.validation import SELECTION_METRIC, BusiCocoEvaluator
 
@@ -113,10 +114,12 @@ class UltrasoundParser(retinanet_input.Parser):
     """Model Garden's RetinaNet parser with ultrasound augmentation first in training.
 
     :func:`apply_photometric` (the first model's) and/or
-    :func:`busdet.training.augment.augment_ultrasound_tf` (scanner looks, field of view,
-    burned-in overlays) run on the decoded image before the parser's own flip, scale
-    jitter, crop and anchor labelling. With ``augmentation`` the horizontal flip moves
-    ahead of it, so that burned-in text and pictograms are never mirrored.
+    :func:`busdet.training.augment.augment_example_tf` (copy-paste, scanner looks, field
+    of view, burned-in overlays) run on the decoded image before the parser's own flip,
+    scale jitter, crop and anchor labelling. With ``augmentation`` the horizontal flip
+    moves ahead of it, so that burned-in text and pictograms are never mirrored.
+    Pasted lesions come with their classes and a not-crowd flag, so that Model
+    Garden's crowd filter keeps them.
     """
 
     def __init__(self, photometric: Optional[Photometric] = None,
@@ -124,6 +127,7 @@ class UltrasoundParser(retinanet_input.Parser):
         super().__init__(**kwargs)
         self._photometric = photometric
         self._augmentation = augmentation
+        self._lesion_bank = lesion_bank_for(augmentation)  # loaded once, shared by the map's threads
         self._flip_before_augmentation = augmentation is not None and self._aug_rand_hflip
         if self._flip_before_augmentation:
             self._aug_rand_hflip = False
@@ -135,7 +139,12 @@ class UltrasoundParser(retinanet_input.Parser):
         if self._augmentation is not None:
             if self._flip_before_augmentation:
                 image, boxes, _ = preprocess_ops.random_horizontal_flip(image, boxes)
-            image, boxes = augment_ultrasound_tf(image, boxes, self._augmentation)
+            image, boxes, classes = augment_example_tf(image, boxes, data["groundtruth_classes"], self._augmentation,
+                                                       self._lesion_bank)
+            is_crowd = data["groundtruth_is_crowd"]
+            pasted = tf.shape(classes)[0] - tf.shape(is_crowd)[0]
+            data = dict(data, groundtruth_classes=classes,
+                        groundtruth_is_crowd=tf.concat([is_crowd, tf.zeros([pasted], tf.bool)], 0))
         data = dict(data, image=image, groundtruth_boxes=boxes)
         return super()._parse_train_data(data, anchor_labeler, input_anchor)
 

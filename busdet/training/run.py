@@ -22,6 +22,7 @@ from busdet.datasets import DatasetSpec, read_patient_groups, read_split_csv
 from busdet.files import write_json
 from busdet.label_map import load_label_map
 from busdet.training import data
+from busdet.training.copy_paste import LESION_BANK_FILE, build_lesion_bank
 from busdet.training.experiment import EXPERIMENT_NAME
 from busdet.training.sampling import source_weights
 
@@ -32,10 +33,11 @@ def prepare_data(datasets: Sequence[DatasetSpec], label_map_path: Path, records_
                  background_crops: bool = True, progress=lambda items: items) -> Dict[str, Dict[str, int]]:
     """Annotates, splits (or reuses each split CSV) and writes TFRecords for every dataset.
 
-    Records go to ``records_dir/<name>/``. Returns, per dataset name, the example count
+    Records go to ``records_dir/<name>/``, with the lesion bank of the training split
+    (``lesion_bank.npz``, for copy-paste). Returns, per dataset name, the example count
     per record file (``{"busi": {"train_benign": 260, "val": 100, ...}}``). A dataset's
     work is skipped when its folder already holds records made from the same split and
-    options (``manifest.json``).
+    options (``manifest.json``); a bank missing beside such records is made alone.
     """
     classes = load_label_map(label_map_path)
     names = [spec.name for spec in datasets]
@@ -67,14 +69,27 @@ def _prepare_dataset(spec: DatasetSpec, index: int, classes: Dict[int, str], rec
     key = {"dataset": str(Path(spec.path).resolve()), "index": index, "split": sorted(split.items()),
            "background_crops": background_crops, "classes": classes, "format": 2}
     manifest_path = records_dir / "manifest.json"
+    bank_path = records_dir / LESION_BANK_FILE
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("key") == json.loads(json.dumps(key)):
+            # The bank is written before the manifest, so one beside matching records matches them too.
+            if not bank_path.exists():
+                _write_lesion_bank(spec, images, split, classes, bank_path)
             return manifest["counts"]
     counts = data.write_tfrecords(images, split, classes, records_dir, index, background_crops, progress)
+    _write_lesion_bank(spec, images, split, classes, bank_path)
     write_json({"key": key, "counts": counts}, manifest_path)
     log.info("%s: examples per record file %s", spec.name, counts)
     return counts
+
+
+def _write_lesion_bank(spec: DatasetSpec, images, split: Dict[str, str], classes: Dict[int, str],
+                       path: Path) -> None:
+    bank = build_lesion_bank(spec.path, images, split, classes, spec.name)
+    bank.save(path)
+    per_class = {label: len(bank.indices(label)) for label in sorted(set(bank.labels))}
+    log.info("%s: lesion bank of %d training lesions %s in %s", spec.name, len(bank), per_class, path)
 
 
 def build_params(config_files: Sequence[Path], records_dir: Path, counts: Dict[str, Dict[str, int]],
@@ -97,9 +112,14 @@ def build_params(config_files: Sequence[Path], records_dir: Path, counts: Dict[s
         params = hyperparams.override_params_dict(params, overrides, is_strict=True)
     if class_names is not None:
         params.task.class_names = list(class_names)
+    train_data = _training_sources(params.task.train_data.sampling, records_dir, counts)
+    augmentation = params.task.train_data.augmentation
+    if augmentation is not None and augmentation.copy_paste_probability > 0:
+        train_data["augmentation"] = {"copy_paste_banks": [str(records_dir / name / LESION_BANK_FILE)
+                                                           for name in counts]}
     params = hyperparams.override_params_dict(params, {"task": {
         "dataset_names": list(counts),
-        "train_data": _training_sources(params.task.train_data.sampling, records_dir, counts),
+        "train_data": train_data,
         "validation_data": {"input_path": [str(records_dir / name / "val.tfrecord") for name in counts]}}},
         is_strict=True)
     # Evaluate the whole validation split of every dataset, whatever its size.

@@ -242,6 +242,16 @@ def test_smoke_model_export_writes_a_current_onnx_file_that_agrees(smoke_model, 
                                    np.sort(theirs["detection_scores"][:count]), rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_exported_onnx_graph_has_no_loop_at_all(smoke_model):
+    """Neither the NMS nor the preprocessing is a ``Loop`` (the batch-1 signature preprocesses its
+    image without ``tf.map_fn``, issue 21): ONNX Runtime runs every op natively."""
+    import onnx
+
+    graph = onnx.load(str(smoke_model / ONNX_FILE)).graph
+    assert [node.name for node in graph.node if node.op_type in ("Loop", "Scan", "If")] == []
+
+
 # --- the session tuned for the machine (issue 21) --------------------------------------------------
 
 

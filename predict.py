@@ -140,6 +140,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "model_info.json (default: %(default)s)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
                         help="what runs the model: onnx (ONNX Runtime on --model's model.onnx, no TensorFlow), "
+                             "onnx-int8 (its int8 version model_int8.onnx, made by tools/quantize_model.py), "
                              "tensorflow (the SavedModel), or auto: onnx when model.onnx is there and was made "
                              "from this SavedModel, else tensorflow (default: %(default)s)")
     parser.add_argument("--resume", action="store_true",

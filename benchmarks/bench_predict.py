@@ -23,6 +23,8 @@ in one process and called in turn on each image (``network_ms_*_interleaved``), 
 that the load of a shared machine weighs on both alike, as wall time and as the
 process's CPU time (``network_cpu_ms_*``: what a loaded machine distorts least);
 ``--baseline-onnx`` adds another ONNX file to that round (before/after a graph change).
+A model with a current int8 file (``tools/quantize_model.py --write``) is measured a
+third time as ``onnx-int8``, with its ratio to the float file (``ratio_int8``).
 
 ``--images`` is read recursively; files named ``*_mask*`` are left out, so a BUSI
 class folder can be given as it is. Without ``--images``, BUSI-sized synthetic
@@ -53,11 +55,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from busdet import batch  # noqa: E402
 from busdet.downloads import annotated_image  # noqa: E402
 from busdet.images import read_image, write_image  # noqa: E402
-from busdet.inference import RUNTIMES, load_detector, load_onnx_predict, timed_detect  # noqa: E402
+from busdet.inference import (RUNTIMES, find_int8_problem, load_detector, load_onnx_predict,  # noqa: E402
+                              read_model_info, timed_detect)
 from busdet.results import analyse_image  # noqa: E402
 from busdet.phantoms import generate_phantom, phantom_filename  # noqa: E402
 
 COMPARED = ("tensorflow", "onnx")
+INT8 = "onnx-int8"
 STAGES = ("decode", "network", "draw", "write")
 RATIO_FIGURES = ("model_load_s", "end_to_end_ms_median", "end_to_end_ms_p90", "model_ms_median", "model_ms_min",
                  "model_ms_p90", *(f"{stage}_ms_median" for stage in STAGES), "nms_ms_median",
@@ -80,9 +84,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime", choices=[*RUNTIMES, "both"], default="both",
                         help="what runs the model (see predict.py --runtime); both: TensorFlow and ONNX "
                              "Runtime in one run, with their ratio (default: %(default)s)")
-    parser.add_argument("--baseline-onnx", type=Path, default=None,
+    parser.add_argument("--baseline-onnx", type=Path, action="append", default=[],
                         help="with --runtime both: also time this ONNX file's network in turn with the two "
-                             "(e.g. the previous export: git show REV:saved_model/model.onnx > before.onnx)")
+                             "(e.g. the previous export: git show REV:saved_model/model.onnx > before.onnx); "
+                             "repeatable: onnx_baseline, onnx_baseline_2, ...")
     return parser
 
 
@@ -198,13 +203,18 @@ def measure_in_own_process(args: argparse.Namespace, runtime: str, images_dir: P
     return json.loads(figures_path.read_text())
 
 
+def baseline_name(index: int) -> str:
+    """The figures' name of the ``index``-th ``--baseline-onnx`` file."""
+    return BASELINE if index == 0 else f"{BASELINE}_{index + 1}"
+
+
 def interleaved_network_ms(args: argparse.Namespace, images_dir: Path, output_dir: Path) -> dict:
     """Network ms of both runtimes (and ``--baseline-onnx``) loaded in this process, called in turn
     on every image: wall time, and the process's CPU time (which a loaded machine distorts less)."""
-    detectors = {runtime: load_detector(args.model, args.label_map, runtime) for runtime in COMPARED}
-    if args.baseline_onnx:
-        predict, session = load_onnx_predict(args.baseline_onnx)
-        detectors[BASELINE] = dataclasses.replace(detectors["onnx"], predict=predict, owner=session)
+    detectors = {runtime: load_detector(args.model, args.label_map, runtime) for runtime in compared_runtimes(args)}
+    for index, path in enumerate(args.baseline_onnx):
+        predict, session = load_onnx_predict(path)
+        detectors[baseline_name(index)] = dataclasses.replace(detectors["onnx"], predict=predict, owner=session)
     plan = select_plan(images_dir, output_dir, args.limit)
     images = [read_image(plan.input_dir / relative) for relative in plan.images]
     seconds = {runtime: [] for runtime in detectors}
@@ -223,16 +233,26 @@ def interleaved_network_ms(args: argparse.Namespace, images_dir: Path, output_di
             for runtime, s in seconds.items()}
 
 
+def compared_runtimes(args: argparse.Namespace) -> tuple:
+    """:data:`COMPARED`, and the int8 file when the model has a current one (tools/quantize_model.py)."""
+    info = read_model_info(args.model)
+    return COMPARED + ((INT8,) if find_int8_problem(args.model, info) is None else ())
+
+
 def compare_runtimes(args: argparse.Namespace, images_dir: Path, scratch: Path) -> dict:
     """``{runtime: figures}`` for TensorFlow and ONNX Runtime, plus ``"ratio"`` (TensorFlow / ONNX
-    Runtime for times and memory, ONNX Runtime / TensorFlow for images/s: above 1 is ONNX's gain)."""
-    figures = {runtime: measure_in_own_process(args, runtime, images_dir, scratch) for runtime in COMPARED}
+    Runtime for times and memory, ONNX Runtime / TensorFlow for images/s: above 1 is ONNX's gain);
+    with an int8 file also its figures and ``"ratio_int8"`` (float ONNX / int8, the same way)."""
+    figures = {runtime: measure_in_own_process(args, runtime, images_dir, scratch)
+               for runtime in compared_runtimes(args)}
     for runtime, extra in interleaved_network_ms(args, images_dir, scratch / "output").items():
         figures.setdefault(runtime, {}).update(extra)
     tensorflow, onnx = (figures[runtime] for runtime in COMPARED)
     figures["ratio"] = ratios(tensorflow, onnx)
-    if BASELINE in figures:
-        figures[f"ratio_{BASELINE}"] = ratios(figures[BASELINE], onnx)
+    for index in range(len(args.baseline_onnx)):
+        figures[f"ratio_{baseline_name(index)}"] = ratios(figures[baseline_name(index)], onnx)
+    if INT8 in figures:
+        figures["ratio_int8"] = ratios(onnx, figures[INT8])
     return figures
 
 

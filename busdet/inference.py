@@ -14,7 +14,8 @@ SavedModel converted by tf2onnx, its NMS as ONNX's own ``NonMaxSuppression``:
 TensorFlow runs the SavedModel itself. ``runtime="auto"`` takes ONNX Runtime when
 ``model.onnx`` is there and ``model_info.json`` says it was made from this very
 SavedModel (a digest of its files), TensorFlow otherwise; ``"onnx"`` refuses a
-missing or stale ONNX file. The ONNX path never imports TensorFlow.
+missing or stale ONNX file. ``"onnx-int8"`` serves ``model_int8.onnx``
+(:mod:`busdet.quantization`), never chosen by ``auto``. The ONNX path never imports TensorFlow.
 
 ONNX Runtime runs on as many threads as the process has cores (its CPU affinity,
 capped by a cgroup CPU quota: :func:`available_cores`), and keeps the graph it
@@ -56,11 +57,14 @@ MODEL_INFO_FILE = "model_info.json"
 DEFAULT_SCORE_THRESHOLD = 0.7
 DEFAULT_INPUT_SIZE = (640, 640)
 ONNX_FILE = "model.onnx"
+# The int8 version of ONNX_FILE (tools/quantize_model.py), served only when asked for (--runtime onnx-int8).
+INT8_FILE = "model_int8.onnx"
 # The exported graph's pooled backbone features (busdet.training.export), scored by busdet.ood.
 FEATURES_OUTPUT = "image_features"
-RUNTIMES = ("auto", "onnx", "tensorflow")
+RUNTIMES = ("auto", "onnx", "onnx-int8", "tensorflow")
 # What the runtimes are called to the user, with the package whose version is shown.
-RUNTIME_NAMES = {"onnx": ("ONNX Runtime", "onnxruntime"), "tensorflow": ("TensorFlow", "tensorflow")}
+RUNTIME_NAMES = {"onnx": ("ONNX Runtime", "onnxruntime"), "onnx-int8": ("ONNX Runtime int8", "onnxruntime"),
+                 "tensorflow": ("TensorFlow", "tensorflow")}
 
 
 class ModelLoadError(RuntimeError):
@@ -72,7 +76,7 @@ class Detector:
     """A loaded model with what is needed to read its outputs.
 
     ``predict`` maps a numpy uint8 ``[1, H, W, 3]`` array to the signature's output
-    dict (array-likes); ``runtime`` is ``"onnx"`` or ``"tensorflow"``.
+    dict (array-likes); ``runtime`` is ``"onnx"``, ``"onnx-int8"`` or ``"tensorflow"``.
     """
 
     predict: Callable
@@ -208,20 +212,44 @@ def find_onnx_problem(model_dir: Path, info: dict) -> Optional[str]:
     return None
 
 
+def find_int8_problem(model_dir: Path, info: dict) -> Optional[str]:
+    """Why ``model_dir/model_int8.onnx`` cannot stand for the model; None when it can: it must be the
+    file ``tools/quantize_model.py`` recorded (``onnx_int8`` in ``model_info.json``), made from the
+    ``model.onnx`` beside it."""
+    path = model_dir / INT8_FILE
+    recorded = info.get("onnx_int8")
+    if not path.is_file() or not isinstance(recorded, dict):
+        return f"{path}: no int8 model here (tools/quantize_model.py --write makes it)"
+    if recorded.get("onnx_sha256") != (info.get("onnx") or {}).get("sha256"):
+        return f"{path}: stale, made from another model.onnx than the one beside it (digest differs)"
+    if recorded.get("sha256") != compute_file_digest(path):
+        return f"{path}: not the int8 file tools/quantize_model.py wrote (digest differs)"
+    return None
+
+
 def choose_runtime(model_dir: Path, info: dict, runtime: str = "auto") -> str:
-    """``"onnx"`` or ``"tensorflow"`` for ``runtime`` in :data:`RUNTIMES`.
+    """``"onnx"``, ``"onnx-int8"`` or ``"tensorflow"`` for ``runtime`` in :data:`RUNTIMES`.
+
+    ``auto`` is the float ONNX file when current, else TensorFlow; the int8 file only when
+    asked for: on the CPUs measured so far it was no faster (README, "Speed").
 
     Raises:
-      ModelLoadError: ``runtime="onnx"`` with a missing or stale ONNX file, or an unknown runtime.
+      ModelLoadError: ``runtime="onnx"`` or ``"onnx-int8"`` with a missing or stale file, or an
+      unknown runtime.
     """
     if runtime not in RUNTIMES:
         raise ModelLoadError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     if runtime == "tensorflow":
         return runtime
     problem = find_onnx_problem(model_dir, info)
+    if problem is None and runtime == "onnx-int8":
+        problem = find_int8_problem(model_dir, info)
+        if problem is not None:
+            raise ModelLoadError(f"{problem}; refused. Use --runtime onnx for the float model")
+        return runtime
     if problem is None:
         return "onnx"
-    if runtime == "onnx":
+    if runtime in ("onnx", "onnx-int8"):
         raise ModelLoadError(f"{problem}; refused. Convert the SavedModel again "
                              f"(tools/export_model.py --onnx-for {model_dir}) or use the TensorFlow runtime")
     if (model_dir / ONNX_FILE).exists():
@@ -257,6 +285,8 @@ def load_detector(model_dir: str | Path, label_map_path: str | Path, runtime: st
     runtime = choose_runtime(model_dir, info, runtime)
     if runtime == "onnx":
         predict, owner = load_onnx_predict(model_dir / ONNX_FILE, info["onnx"]["sha256"])
+    elif runtime == "onnx-int8":
+        predict, owner = load_onnx_predict(model_dir / INT8_FILE, info["onnx_int8"]["sha256"])
     else:
         predict, owner = load_tensorflow_predict(model_dir)
     # After the runtime: damaged weights also change the digest, and are better named by its loader.
@@ -422,7 +452,8 @@ def describe_runtime(detector: Detector) -> str:
         version = metadata.version(package)
     except metadata.PackageNotFoundError:
         version = "?"
-    served = detector.model_dir / ONNX_FILE if detector.runtime == "onnx" else detector.model_dir
+    served = {"onnx": detector.model_dir / ONNX_FILE,
+              "onnx-int8": detector.model_dir / INT8_FILE}.get(detector.runtime, detector.model_dir)
     return f"{name} {version} ({served})"
 
 

@@ -291,9 +291,23 @@ def load_detector(model_dir: str | Path, label_map_path: str | Path, runtime: st
         predict, owner = load_tensorflow_predict(model_dir)
     # After the runtime: damaged weights also change the digest, and are better named by its loader.
     ood = load_checked_ood_stats(model_dir, info) if load_ood else None
+    if ood is not None and runtime == "onnx-int8":
+        log.warning("%s", int8_ood_caveat(model_dir, info))
     return Detector(predict=predict, classes=classes, input_size=tuple(info.get("input_size", DEFAULT_INPUT_SIZE)),
                     score_threshold=default_score_threshold(info), model_dir=model_dir, info=info,
                     runtime=runtime, owner=owner, ood=ood)
+
+
+def int8_ood_caveat(model_dir: Path, info: dict) -> str:
+    """The warning for the in-distribution check under the int8 file: its statistics were fitted on the
+    float file's features, and int8 features move the distance (figures from tools/quantize_model.py)."""
+    test = (info.get("onnx_int8") or {}).get("test") or {}
+    changed = [f"{figures['ood']['flag_changed']} of {figures['images']} {name} test images"
+               for name, figures in test.items() if isinstance(figures, dict) and "ood" in figures]
+    measured = f" (its flag changed on {', '.join(changed)})" if changed else ""
+    return (f"{model_dir / INT8_FILE}: the in-distribution check was fitted on model.onnx's features and the "
+            f"int8 file's differ{measured}: its not-ultrasound warnings are less reliable; use --runtime onnx "
+            "where they matter")
 
 
 def load_checked_ood_stats(model_dir: Path, info: dict) -> Optional[OodStats]:

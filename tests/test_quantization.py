@@ -91,6 +91,8 @@ def test_quantize_tool_writes_a_recorded_int8_file_served_only_when_asked(smoke_
     assert set(record["test"]["centre_a"]["drop"]) == {"AP50_lesion", "mAP50"}
     assert load_detector(model, label_map_path).runtime == "onnx"  # auto never takes the int8 file
     int8 = load_detector(model, label_map_path, runtime="onnx-int8")
+    from busdet.inference import int8_ood_caveat
+    assert "less reliable" in int8_ood_caveat(model, int8.info)
     assert int8.runtime == "onnx-int8" and str(model / INT8_FILE) in describe_runtime(int8)
     outputs = int8.predict(generate_phantom(5, "malignant").image[np.newaxis])
     assert int(outputs["num_detections"][0]) >= 0 and "image_features" in outputs

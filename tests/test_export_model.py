@@ -30,6 +30,12 @@ def test_onnx_for_a_folder_without_a_saved_model_is_one_line_and_exit_2(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_flip_tta_with_onnx_for_is_one_line_and_exit_2(tmp_path):
+    done = run_tool("--onnx-for", tmp_path, "--flip-tta")
+    assert done.returncode == 2 and done.stderr.startswith("error: --flip-tta goes with --model-dir")
+    assert len(done.stderr.splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
 def test_needs_exactly_one_source(tmp_path):
     for argv in ([], ["--model-dir", tmp_path, "--onnx-for", tmp_path]):
         done = run_tool(*argv)
@@ -139,10 +145,12 @@ def test_flip_tta_doubles_the_candidates_and_mirrors_them_on_a_symmetric_image(f
     from busdet.inference import ONNX_FILE
     from busdet.training.export import ONNX_OPSET, convert_without_nms
 
-    def flip_nodes(model: Path) -> int:
-        return sum("flip_tta" in node.name for node in onnx.load(str(model / ONNX_FILE)).graph.node)
-
-    assert flip_nodes(smoke_model) == 0 < flip_nodes(flip_tta_model)
+    plain_graph, flip_graph = (onnx.load(str(model / ONNX_FILE)).graph for model in (smoke_model, flip_tta_model))
+    assert not any("flip_tta" in node.name for node in plain_graph.node)
+    assert any("flip_tta" in node.name for node in flip_graph.node)
+    # The mirroring too is native ops, no loop; one NMS for both readings.
+    assert [node.name for node in flip_graph.node if node.op_type in ("Loop", "Scan", "If")] == []
+    assert [node.op_type for node in flip_graph.node].count("NonMaxSuppression") == 1
     image = symmetric_image()
     candidates = {}
     for model in (smoke_model, flip_tta_model):

@@ -54,6 +54,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     if args.onnx_for:
+        if args.flip_tta:  # the ONNX file is the SavedModel's graph converted: the flip is chosen at export
+            print("error: --flip-tta goes with --model-dir (it is built into the exported graph); --onnx-for "
+                  "converts the SavedModel's graph as it is", file=sys.stderr)
+            return 2
         return convert_only(args.onnx_for)
     from official.modeling import hyperparams
 

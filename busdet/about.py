@@ -4,7 +4,7 @@
     training_data_markdown(detector.info)   # the datasets it learned from, each cited
     recorded_test_metrics(detector.info)       # metric x dataset (or one column for older models)
 
-The text comes from what export and measurement recorded (``backbone_init``,
+The text comes from what export and measurement recorded (``backbone_init``, ``flip_tta``,
 ``trained_on``, ``test_metrics``), so the page can never describe another model than the one it runs.
 """
 
@@ -16,6 +16,9 @@ import pandas as pd
 
 MODEL_MARKDOWN = ("**Model.** RetinaNet with a MobileNetV2 backbone (TensorFlow Model Garden), trained in this "
                   "project {start} on the public datasets below.")
+FLIP_TTA_MARKDOWN = (" Each image is read twice, as it is and mirrored left to right, and one non-maximum "
+                     "suppression keeps the best boxes of both readings (horizontal-flip test-time augmentation, "
+                     "about twice the network's time).")
 # How the model card names the ImageNet weights file in ../shared/weights (see its README).
 IMAGENET_WEIGHTS_NAME = "ImageNet MobileNetV2 weights (TF-slim raw checkpoint values, Sandler et al., CVPR 2018)"
 LIMITS_MARKDOWN = """**Limits.** Trained on images from the few centres and scanners listed above: other machines,
@@ -31,7 +34,8 @@ HEADLINE_METRICS = ("AP50_lesion", "mAP50", "AP50_benign", "AP50_malignant", "AU
 
 
 def model_markdown(info: Mapping) -> str:
-    """The model paragraph, saying what its backbone started from (``backbone_init``)."""
+    """The model paragraph, saying what its backbone started from (``backbone_init``) and whether the
+    graph reads each image mirrored too (``flip_tta``)."""
     start = info.get("backbone_init") or {}
     if start.get("weights") == "imagenet":
         text = (f"with its backbone started from {IMAGENET_WEIGHTS_NAME}: file `{start.get('file')}`, "
@@ -40,7 +44,7 @@ def model_markdown(info: Mapping) -> str:
         text = "from random initialisation"
     else:
         text = "(its starting weights were not recorded with this model: see its model card)"
-    return MODEL_MARKDOWN.format(start=text)
+    return MODEL_MARKDOWN.format(start=text) + (FLIP_TTA_MARKDOWN if info.get("flip_tta") else "")
 
 
 def training_data_markdown(info: Mapping) -> str:

@@ -29,3 +29,8 @@ def test_model_paragraph_says_what_the_backbone_started_from():
     assert "ImageNet" in text and "w.h5" in text and digest in text
     assert "random initialisation" in model_markdown({"backbone_init": {"weights": "none"}})
     assert "not recorded" in model_markdown({})
+
+
+def test_model_paragraph_says_when_the_graph_reads_the_image_mirrored_too():
+    assert "mirrored" in model_markdown({"flip_tta": True})
+    assert "mirrored" not in model_markdown({"flip_tta": False}) and "mirrored" not in model_markdown({})

@@ -3,12 +3,15 @@
 
     python tools/export_model.py --model-dir runs/stage2_640 --output saved_model [--score-threshold 0.4]
     python tools/export_model.py --onnx-for saved_model     # only (re)write saved_model/model.onnx
+    python tools/export_model.py --model-dir runs/v2_640 --output /tmp/v2_tta --flip-tta   # flip TTA in the graph
 
 Uses the run's own params.yaml (written by tools/train.py), Model Garden's
 exporter, and writes saved_model/model_info.json (input size, label map,
 operating threshold) and saved_model/model.onnx (tf2onnx; model_info.json records
-the SavedModel it was made from). The previous export is replaced only when the
-new one is complete. --onnx-for converts an existing SavedModel and keeps its
+the SavedModel it was made from). --flip-tta (off by default) builds horizontal-flip
+test-time augmentation into the graph: the network also runs on the mirrored image
+and one NMS selects among both passes' boxes (about twice the network time). The
+previous export is replaced only when the new one is complete. --onnx-for converts an existing SavedModel and keeps its
 weights and model_info.json. Exit status: 0 exported, 2 bad arguments or no
 checkpoint or SavedModel, 130 interrupted (143 when stopped by SIGTERM).
 """
@@ -42,11 +45,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--params-override", default=None,
                         help="YAML/JSON overrides for the exported graph, e.g. "
                              "'task: {model: {detection_generator: {use_class_agnostic_nms: false}}}'")
+    parser.add_argument("--flip-tta", action="store_true",
+                        help="also run the network on the horizontally mirrored image and let one NMS select "
+                             "among both passes' boxes (about twice the network time; recorded as flip_tta "
+                             "in model_info.json)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     if args.onnx_for:
+        if args.flip_tta:  # the ONNX file is the SavedModel's graph converted: the flip is chosen at export
+            print("error: --flip-tta goes with --model-dir (it is built into the exported graph); --onnx-for "
+                  "converts the SavedModel's graph as it is", file=sys.stderr)
+            return 2
         return convert_only(args.onnx_for)
     from official.modeling import hyperparams
 
@@ -63,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
             best = args.model_dir / "best"
             checkpoint = str(best if best.is_dir() else args.model_dir)
         output = export_saved_model(params, checkpoint, args.output, load_label_map(args.label),
-                                    args.score_threshold)
+                                    args.score_threshold, flip_tta=args.flip_tta)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

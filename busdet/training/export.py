@@ -11,6 +11,12 @@ input image), ``detection_scores``, ``detection_classes`` (label-map ids) and
 in-distribution check of :mod:`busdet.ood` scores). ``model_info.json`` beside it (:func:`busdet.inference.write_model_info`)
 records the input size, the label map and the operating threshold.
 
+``flip_tta=True`` (off by default) adds horizontal-flip test-time augmentation to the graph:
+the network also sees the resized image mirrored within its own area (the padding stays at the
+right and bottom, where training put it), the mirrored pass's candidates are mapped back to the
+image, and the detection generator, unchanged, selects among both passes' candidates at once
+(:func:`merge_mirrored_pass`). ``image_features`` stay those of the unflipped pass.
+
 :func:`export_onnx` converts the SavedModel's ``serving_default`` graph into
 ``model.onnx`` beside it with tf2onnx, up to the decoded boxes and scores of every
 anchor, and appends the detection generator's selection (top-k, class-agnostic
@@ -58,7 +64,14 @@ FEATURE_LEVELS = ("3", "4", "5")
 
 class DetectionWithFeaturesModule(detection.DetectionModule):
     """Model Garden's detection serving module, plus the pooled backbone features
-    (:data:`FEATURES_OUTPUT`) computed in the same forward pass as the boxes."""
+    (:data:`FEATURES_OUTPUT`) computed in the same forward pass as the boxes; with ``flip_tta``,
+    the horizontal-flip test-time augmentation of the module doc."""
+
+    def __init__(self, *args, flip_tta: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if flip_tta and self._batch_size != 1:
+            raise ValueError("flip test-time augmentation is built for a batch-1 signature only")
+        self._flip_tta = flip_tta
 
     def preprocess(self, images: tf.Tensor):
         """Model Garden's preprocessing of the one image of a batch-1 signature, without its
@@ -74,13 +87,76 @@ class DetectionWithFeaturesModule(detection.DetectionModule):
                     image_info[tf.newaxis])
 
     def serve(self, images: tf.Tensor):
-        outputs = super().serve(images)
+        outputs = self._serve_with_mirror(images) if self._flip_tta else super().serve(images)
         levels = [outputs[f"backbone_{level}"] for level in FEATURE_LEVELS]
         intermediate = [key for key in outputs if key.startswith(("backbone_", "decoder_"))]
         for key in intermediate:
             del outputs[key]
         outputs[FEATURES_OUTPUT] = pool_image_area(levels, outputs["image_info"], self._padded_size)
         return outputs
+
+    def _serve_with_mirror(self, images: tf.Tensor) -> dict:
+        """What ``super().serve`` returns (detections, ``backbone_*`` levels, ``image_info``), from the
+        image and its mirror: one batch-2 pass of the network, one selection by the model's own detection
+        generator over both passes' candidates (``[1, 2N, ...]`` at its input, where :func:`export_onnx`
+        cuts the graph), the backbone levels of the unflipped image only."""
+        images, anchor_boxes, image_info = self.preprocess(images)
+        image_shape = image_info[:, 1, :]  # what super().serve gives the generator: the canvas's size
+        width = resized_width(image_info)
+        with tf.name_scope("flip_tta"):
+            pair = tf.concat([images, mirror_image_area(images, width)], axis=0)
+        model = self.model
+        features = model.backbone(pair)
+        raw_scores, raw_boxes, _ = model.head(model.decoder(features) if model.decoder else features)
+        with tf.name_scope("flip_tta"):
+            raw_scores, raw_boxes, anchor_boxes = merge_mirrored_pass(raw_scores, raw_boxes, anchor_boxes, width)
+        detections = model.detection_generator(raw_boxes, raw_scores, anchor_boxes, image_shape)
+        detections = self._normalize_coordinates(detections, ["detection_boxes"], image_info)
+        outputs = {key: detections[key] for key in DETECTION_OUTPUTS}
+        outputs.update({f"backbone_{level}": level_features[:1] for level, level_features in features.items()})
+        outputs["image_info"] = image_info
+        return outputs
+
+
+def resized_width(image_info: tf.Tensor) -> tf.Tensor:
+    """The width of the resized image at the canvas's top left (``image_info`` ``[1, 4, 2]``; its row 1 is
+    the canvas's size, not the image's): the input's width times its scale, which Model Garden rounded."""
+    return tf.round(image_info[0, 0, 1] * image_info[0, 2, 1])
+
+
+def mirror_image_area(images: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """``images`` ``[B, H, W, C]`` with their first ``width`` columns (the resized image) mirrored and the
+    columns after them (the padding) left where they are: the network sees padding where it was trained to."""
+    columns = tf.range(tf.shape(images)[2])
+    last = tf.cast(width, tf.int32) - 1
+    return tf.gather(images, tf.where(columns <= last, last - columns, columns), axis=2)
+
+
+def merge_mirrored_pass(raw_scores: dict, raw_boxes: dict, anchor_boxes: dict, width: tf.Tensor):
+    """One image's worth of detection-generator input ``(raw_scores, raw_boxes, anchor_boxes)`` from a
+    batch-2 head output, image then its mirror (:func:`mirror_image_area`, ``width`` the resized image's).
+
+    Each level's maps are stacked along the rows, image then mirror, so the generator decodes twice the
+    candidates (``[1, 2N, ...]``) and its one NMS chooses among both. The mirror's regressions are decoded
+    against the mirrored anchors (x1, x2 -> width - x2, width - x1) with the x-offset negated: Model
+    Garden's decoding (centre = anchor centre + dx * anchor width; sizes from dh, dw) then gives the
+    mirror's box already reflected back into the image, exactly, and the generator clips it to the canvas
+    in the image's frame, as it clips the image's own boxes. ``anchor_boxes`` are the image's,
+    ``[1, h, w, A * 4]`` per level.
+    """
+    merged_scores, merged_boxes, merged_anchors = {}, {}, {}
+    for level, boxes in raw_boxes.items():
+        anchors = anchor_boxes[level]
+        width = tf.cast(width, anchors.dtype)
+        per_anchor = anchors.shape[-1] // 4
+        negate_dx = tf.constant([1.0, -1.0, 1.0, 1.0] * per_anchor, boxes.dtype)  # (dy, dx, dh, dw) per anchor
+        merged_boxes[level] = tf.concat([boxes[:1], boxes[1:2] * negate_dx], axis=1)
+        merged_scores[level] = tf.concat([raw_scores[level][:1], raw_scores[level][1:2]], axis=1)
+        corners = tf.reshape(anchors, [*anchors.shape[:-1], per_anchor, 4])
+        y1, x1, y2, x2 = tf.unstack(corners, axis=-1)
+        mirrored = tf.reshape(tf.stack([y1, width - x2, y2, width - x1], axis=-1), anchors.shape)
+        merged_anchors[level] = tf.concat([anchors, mirrored], axis=1)
+    return merged_scores, merged_boxes, merged_anchors
 
 
 def pool_image_area(levels, image_info: tf.Tensor, padded_size) -> tf.Tensor:
@@ -104,11 +180,12 @@ def pool_image_area(levels, image_info: tf.Tensor, padded_size) -> tf.Tensor:
 
 def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: Path,
                        classes: dict, score_threshold: Optional[float] = None,
-                       extra_info: Optional[dict] = None) -> Path:
+                       extra_info: Optional[dict] = None, flip_tta: bool = False) -> Path:
     """Exports ``checkpoint`` (file or folder) to ``output_dir``, replacing it only on success.
 
     Returns the SavedModel folder. ``score_threshold`` (the operating point) and
-    ``extra_info`` go into ``model_info.json``.
+    ``extra_info`` go into ``model_info.json``, and ``flip_tta`` (the graph's horizontal-flip
+    test-time augmentation, see the module doc) as ``"flip_tta"``.
     """
     checkpoint_path = tf.train.latest_checkpoint(checkpoint) if Path(checkpoint).is_dir() else checkpoint
     if not checkpoint_path:
@@ -127,7 +204,7 @@ def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: 
     staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
     try:
         module = DetectionWithFeaturesModule(params=params, batch_size=1, input_image_size=[height, width],
-                                             input_type="image_tensor", num_channels=3)
+                                             input_type="image_tensor", num_channels=3, flip_tta=flip_tta)
         export_saved_model_lib.export_inference_graph(
             input_type="image_tensor", batch_size=1, input_image_size=[height, width], params=params,
             checkpoint_path=checkpoint_path, export_dir=str(staging), export_module=module)
@@ -137,6 +214,8 @@ def export_saved_model(params: hyperparams.Config, checkpoint: str, output_dir: 
                 "checkpoint": "/".join(Path(checkpoint_path).parts[-3:]),
                 "class_agnostic_nms": bool(params.task.model.detection_generator.use_class_agnostic_nms),
                 "nms_iou_threshold": float(params.task.model.detection_generator.nms_iou_threshold),
+                # The network also runs on the mirrored image (twice the network time per image).
+                "flip_tta": bool(flip_tta),
                 "trained_on": [{"name": name, "citation": citation_line(name)}
                                for name in params.task.dataset_names],
                 # What the backbone started from (--init), with the weights file's digest.

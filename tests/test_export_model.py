@@ -178,3 +178,18 @@ def test_flip_tta_doubles_the_candidates_and_mirrors_them_on_a_symmetric_image(f
                                    atol=1e-6)
         start += 2 * cells
     assert start == 2 * count and compared > count / 2
+
+
+def test_features_are_pooled_over_the_resized_image_not_the_padding():
+    """A 320x640 image (height x width) on the 640x640 canvas covers the top half: cells below it
+    (padding) must not count, whatever they hold."""
+    import tensorflow as tf
+
+    from busdet.training.export import pool_image_area
+
+    image_info = tf.constant([[[160.0, 320.0], [640.0, 640.0], [2.0, 2.0], [0.0, 0.0]]])
+    level = np.full((1, 80, 80, 4), 100.0, np.float32)  # stride 8
+    level[:, :40] = 1.0  # the image's 320 rows = 40 cells
+    level = tf.constant(level)
+    pooled = pool_image_area([level, level[:, ::2, ::2]], image_info, [640, 640]).numpy()
+    np.testing.assert_allclose(pooled, np.ones((1, 8)))

@@ -163,13 +163,16 @@ def pool_image_area(levels, image_info: tf.Tensor, padded_size) -> tf.Tensor:
     """Mean of each feature map ``[B, h, w, C]`` over the cells covering the resized image (the
     padding left out, so the aspect ratio does not dilute the features), concatenated: ``[B, sum C]``.
 
-    ``image_info[:, 1]`` is the resized image's (height, width) in the ``padded_size`` canvas, at its top left.
+    ``image_info`` is Model Garden's: rows original size, canvas size, scale, offset. The resized
+    image, at the canvas's top left, is original size x scale: row 1 is the whole ``padded_size``
+    canvas (models up to v2 pooled over that, padding included, and their statistics were fitted so).
     """
+    resized = image_info[:, 0, :] * image_info[:, 2, :]  # [B, 2] (height, width) in canvas pixels
     pooled = []
     for features in levels:
         rows, columns = tf.shape(features)[1], tf.shape(features)[2]
         scale = tf.cast(tf.stack([rows, columns]), tf.float32) / tf.constant(padded_size, tf.float32)
-        valid = tf.math.ceil(image_info[:, 1, :] * scale)  # [B, 2] cells covered
+        valid = tf.math.ceil(resized * scale - 1e-3)  # [B, 2] cells covered (tolerant of float rounding)
         row_mask = tf.cast(tf.range(rows), tf.float32)[tf.newaxis, :] < valid[:, 0:1]
         column_mask = tf.cast(tf.range(columns), tf.float32)[tf.newaxis, :] < valid[:, 1:2]
         mask = tf.cast(row_mask[:, :, tf.newaxis] & column_mask[:, tf.newaxis, :], features.dtype)[..., tf.newaxis]

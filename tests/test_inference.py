@@ -128,7 +128,7 @@ def test_runtime_onnx_refuses_an_onnx_file_that_does_not_match(tmp_path, label_m
 
 
 def test_unknown_runtime_is_one_error(tmp_path, label_map_path):
-    with pytest.raises(ModelLoadError, match="runtime 'openvino': expected one of auto, onnx, tensorflow"):
+    with pytest.raises(ModelLoadError, match="runtime 'openvino': expected one of auto, onnx, onnx-int8, tensorflow"):
         load_detector(onnx_model(tmp_path / "model"), label_map_path, runtime="openvino")
 
 

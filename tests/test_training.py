@@ -197,6 +197,38 @@ def test_training_curves_read_model_garden_style_summaries(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _write_validation(run_dir: Path, series: dict) -> None:
+    writer = tf.summary.create_file_writer(str(run_dir / "validation"))
+    with writer.as_default():
+        for tag, values in series.items():
+            for step, value in values:
+                tf.summary.scalar(tag, value, step=step)
+    writer.close()
+
+
+def test_compare_runs_averages_the_last_evaluations_against_the_baseline(tmp_path):
+    from busdet.training.curves import comparison_rows, late_validation_means
+
+    _write_validation(tmp_path / "base", {"target_mean": [(250, 0.1), (500, 0.5), (750, 0.7)],
+                                          "busi/target_mean": [(250, 0.2), (500, 0.4), (750, 0.6)]})
+    _write_validation(tmp_path / "arm", {"target_mean": [(250, 0.9), (500, 0.6), (750, 0.8)]})
+    means = late_validation_means(tmp_path / "base", last=2)
+    assert means["target_mean"] == (pytest.approx(0.6), 2) and means["busi/target_mean"] == (pytest.approx(0.5), 2)
+    header, rows = comparison_rows([tmp_path / "base", tmp_path / "arm"], ["busi"], last=2,
+                                   metrics=["target_mean"])
+    assert header == ["run", "last step", "evaluations", "target_mean", "busi/target_mean"]
+    assert rows[0] == ["base", "750", "2", "0.600", "0.500"]
+    # The arm's difference to the baseline is its own mean minus the baseline's; unlogged is "-".
+    assert rows[1] == ["arm", "750", "2", "0.700 (+0.100)", "-"]
+
+
+def test_compare_runs_tool_refuses_a_folder_without_validation_logs(tmp_path):
+    completed = subprocess.run([sys.executable, "tools/compare_runs.py", "--runs", str(tmp_path)],
+                               capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert completed.returncode == 2
+    assert completed.stderr.strip() == f"error: no validation logs (validation/) in {tmp_path}"
+
+
 def _model_garden_batch(truth, detections):
     """One validation batch in Model Garden's evaluator format (yxyx pixel boxes, padded).
 

@@ -73,3 +73,51 @@ def write_training_curves(run_dirs: Sequence[Path], output: Path) -> None:
     with atomic_write(output, "wb") as stream:
         figure.savefig(stream, format="png", dpi=110)
     plt.close(figure)
+
+
+# What the screen of issue 18 compares, pooled and per dataset: the class decision first.
+COMPARED_METRICS = ("AP50_malignant", "AUC_malignant_image", "AP50", "AP50_lesion", "target_mean")
+
+
+def late_validation_means(run_dir: Path, last: int = 3) -> Dict[str, Tuple[float, int]]:
+    """``{tag: (mean, count)}`` over each validation scalar's ``last`` evaluations.
+
+    One evaluation on a few hundred images swings by a few hundredths from one to the
+    next (model v3's stage 2 went 0.787, 0.819, 0.811, 0.813, 0.787 at 500-step
+    intervals), so arms of an experiment are compared on the mean of their last few.
+    """
+    validation = read_scalars(Path(run_dir) / "validation")
+    means = {}
+    for tag, points in validation.items():
+        values = [value for _, value in points[-last:]]
+        if values:
+            means[tag] = (sum(values) / len(values), len(values))
+    return means
+
+
+def comparison_rows(run_dirs: Sequence[Path], datasets: Sequence[str], last: int = 3,
+                    metrics: Sequence[str] = COMPARED_METRICS) -> Tuple[List[str], List[List[str]]]:
+    """A table's header and rows: one row per run, each metric pooled and per dataset.
+
+    The first run is the baseline: the other rows also give their difference to it.
+    A metric a run did not log is ``-``.
+    """
+    columns = [f"{prefix}{metric}" for prefix in ["", *(f"{name}/" for name in datasets)] for metric in metrics]
+    summaries = [late_validation_means(run_dir, last) for run_dir in run_dirs]
+    steps = [read_scalars(Path(run_dir) / "validation").get("target_mean", [(None, None)])[-1][0]
+             for run_dir in run_dirs]
+    header = ["run", "last step", "evaluations", *columns]
+    rows = []
+    for run_dir, summary, step in zip(run_dirs, summaries, steps):
+        count = max((n for _, n in summary.values()), default=0)
+        row = [Path(run_dir).name, "-" if step is None else str(step), str(count)]
+        for column in columns:
+            if column not in summary:
+                row.append("-")
+                continue
+            value = summary[column][0]
+            base = summaries[0].get(column)
+            delta = "" if run_dir == run_dirs[0] or base is None else f" ({value - base[0]:+.3f})"
+            row.append(f"{value:.3f}{delta}")
+        rows.append(row)
+    return header, rows

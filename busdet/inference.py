@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -69,6 +69,30 @@ RUNTIME_NAMES = {"onnx": ("ONNX Runtime", "onnxruntime"), "onnx-int8": ("ONNX Ru
 
 class ModelLoadError(RuntimeError):
     """The model or label map is missing or not what the contract expects."""
+
+
+# Also filled in by the in-browser page (site.json), so both say the same.
+TOO_ELONGATED = ("image is {width}x{height} px: too elongated for the model, whose {input_width}x{input_height} "
+                 "input would shrink it to under 1 px across; crop it to the scan")
+
+
+class ImageShapeError(ValueError):
+    """The image cannot be given to the model at all (see :func:`find_shape_problem`); the message says why."""
+
+
+def find_shape_problem(height: int, width: int, input_size: Sequence[int]) -> Optional[str]:
+    """Why an image of ``height`` x ``width`` cannot be run, or None.
+
+    The model scales the image, keeping its aspect ratio, until its longer side fits
+    the input (Model Garden's ``resize_and_crop_image``); a strip such as 5000x1 would
+    come out under one pixel across, which the graph's resize refuses with a runtime
+    error deep inside (the page's ONNX Runtime Web too). It is refused here instead,
+    with what to do about it.
+    """
+    scale = min(input_size[0] / height, input_size[1] / width)
+    if min(height, width) * scale < 1:
+        return TOO_ELONGATED.format(width=width, height=height, input_width=input_size[1], input_height=input_size[0])
+    return None
 
 
 @dataclass
@@ -490,7 +514,14 @@ def detect(detector: Detector, image: np.ndarray) -> List[Box]:
 
 def run_model(detector: Detector, image: np.ndarray) -> Tuple[List[Box], Optional[np.ndarray]]:
     """:func:`detect`'s boxes and, from the same forward pass, the model's pooled backbone
-    features (float32 ``[D]``; None for a model exported without them)."""
+    features (float32 ``[D]``; None for a model exported without them).
+
+    Raises:
+      ImageShapeError: the image is too elongated to resize to the model's input (:func:`find_shape_problem`).
+    """
+    problem = find_shape_problem(image.shape[0], image.shape[1], detector.input_size)
+    if problem is not None:
+        raise ImageShapeError(problem)
     outputs = detector.predict(np.ascontiguousarray(image[np.newaxis], dtype=np.uint8))
     features = outputs.get(FEATURES_OUTPUT)
     return read_boxes(detector, outputs, image.shape[:2]), None if features is None else np.asarray(features)[0]

@@ -24,7 +24,7 @@ import numpy as np
 
 from busdet.boxes import Box, above_threshold, box_size_mm, offset_box
 from busdet.images import ImageReadError, Scan, as_scan
-from busdet.inference import Detector, timed_run_model
+from busdet.inference import Detector, ImageShapeError, timed_run_model
 from busdet.ood import WARNING, ImageCheck, check_image, summarise_checks
 
 # --frames: every frame, every frame but only the key frame's rows in the tables, or an int N (every Nth).
@@ -174,6 +174,8 @@ def analyse_image(detector: Detector, filename: str, read: Callable[[], Union[np
                          key_frame_only=frames == "key", mm_per_pixel=scan.mm_per_pixel)
     try:
         detected, seconds = detect_frames(detector, scan, frame_numbers(scan.frame_count, frames))
+    except ImageShapeError as error:
+        return result.failed(str(error)), None
     except Exception as error:  # noqa: BLE001 - one image the model chokes on must not stop the others
         return result.failed(f"model failed ({type(error).__name__}: {error})"), None
     if scan.multi_frame:

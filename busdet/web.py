@@ -31,8 +31,9 @@ from typing import Dict, Iterator, List, Optional
 
 from busdet import about, drawing, images, ood, results, tables
 from busdet.files import write_json
-from busdet.inference import (FEATURES_OUTPUT, ONNX_FILE, ModelLoadError, check_classes, default_score_threshold,
-                              find_onnx_problem, load_checked_ood_stats, read_model_info)
+from busdet.inference import (DEFAULT_INPUT_SIZE, FEATURES_OUTPUT, ONNX_FILE, TOO_ELONGATED, ModelLoadError,
+                              check_classes, default_score_threshold, find_onnx_problem, load_checked_ood_stats,
+                              read_model_info)
 from busdet.label_map import load_label_map
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,8 @@ def site_config(model_dir: Path, label_map_path: Path, web_dir: Path = WEB_DIR) 
     return {
         "classes": {str(class_id): name for class_id, name in classes.items()},
         "score_threshold": default_score_threshold(info),
-        "input_size": list(info.get("input_size", [])),
+        "input_size": list(info.get("input_size", DEFAULT_INPUT_SIZE)),
+        "too_elongated_text": TOO_ELONGATED,
         "model_file": ONNX_FILE,
         "model_sha256": info["onnx"]["sha256"],
         "runtime": f"ONNX Runtime Web {runtime_version(web_dir)} (WebAssembly)",

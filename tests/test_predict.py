@@ -259,6 +259,32 @@ def test_bad_files_get_error_rows_and_the_rest_is_done(tmp_path, monkeypatch, ca
     assert written == ["good.png", "images.csv", "predictions.csv", "run.json"]
 
 
+def test_a_strip_too_thin_for_the_model_gets_its_reason_and_is_never_run(tmp_path, monkeypatch, caplog):
+    save(tmp_path / "in" / "a_good.png", gray_ramp())
+    save(tmp_path / "in" / "strip.png", np.full((1, 5000), 90, np.uint8))
+    detector = fake_detector()
+    assert run_cli(monkeypatch, detector, "--input", tmp_path / "in", "--output", tmp_path / "out") == 1
+    rows = read_tables(tmp_path / "out")[1].set_index("filename")
+    assert rows.loc["a_good.png", "status"] == "ok"
+    reason = ("image is 5000x1 px: too elongated for the model, whose 640x640 input would shrink it to under "
+              "1 px across; crop it to the scan")
+    assert rows.loc["strip.png", "status"] == "error" and rows.loc["strip.png", "error"] == reason
+    assert any(message.endswith(f"strip.png: {reason}") for message in caplog.messages)
+    assert len(detector.calls) == 1  # the strip never reached the model
+
+
+@pytest.mark.parametrize("height, width, refused", [
+    (1, 640, False), (640, 1, False), (2, 1280, False), (1, 1279, True), (1, 1280, True), (3000, 4, True),
+    (1, 1, False), (5000, 5000, False)])
+def test_shape_problem_is_an_image_under_one_pixel_across_once_fitted_to_the_input(height, width, refused):
+    from busdet.inference import find_shape_problem
+
+    problem = find_shape_problem(height, width, (640, 640))
+    assert (problem is not None) == refused
+    if refused:
+        assert problem.startswith(f"image is {width}x{height} px: too elongated")
+
+
 def test_decompression_bomb_past_the_pixel_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 5_000)  # Pillow errors at twice the limit
     save(tmp_path / "in" / "big.png", gray_ramp())  # 20,000 pixels

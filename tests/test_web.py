@@ -26,7 +26,7 @@ from PIL import Image
 from busdet import drawing, tables, web
 from busdet.boxes import above_threshold
 from busdet.images import read_image
-from busdet.inference import ModelLoadError, detect, load_detector
+from busdet.inference import ModelLoadError, detect, find_shape_problem, load_detector
 from busdet.label_map import load_label_map
 from busdet.ood_samples import document_like, photo_like, with_colour_overlay
 from busdet.phantoms import generate_phantom
@@ -279,14 +279,18 @@ def test_a_broken_file_gets_its_message_and_the_others_still_run(open_page, tmp_
     empty.write_bytes(b"")
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.full((1, 5000), 90, np.uint8)).save(strip)  # under 1 px across once fitted to 640x640
     view = open_page()
-    view.open_files([truncated, empty, text, good])
+    view.open_files([truncated, empty, text, strip, good])
     view.drop_file("dropped.bmp", bmp_bytes(generate_phantom(4, "malignant", width=280).image))
     errors = view.page.locator("#errors .error")
-    expect(errors).to_have_count(3)
+    expect(errors).to_have_count(4)
     expect(errors.nth(0)).to_have_text("truncated.png: cannot decode image (damaged or truncated PNG)")
     expect(errors.nth(1)).to_have_text("empty.png: file is empty")
     expect(errors.nth(2)).to_contain_text("notes.jpg: not a PNG, JPEG or BMP image")
+    # The same words as predict.py's error row (busdet.inference.find_shape_problem), and no model run.
+    expect(errors.nth(3)).to_have_text(f"strip.png: {find_shape_problem(1, 5000, (640, 640))}")
     expect(view.page.locator("article.result h2")).to_have_text(["good.png", "dropped.bmp"])
     assert view.model_runs() == 2 and not view.errors
 

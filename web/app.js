@@ -301,6 +301,19 @@ function checkPng(bytes) {
 }
 
 /**
+ * Why the model cannot take an image of this size, or null (busdet.inference.find_shape_problem):
+ * scaled to fit the input, a strip such as 5000x1 would be under 1 px across, which the graph's
+ * resize refuses with an error from deep inside ONNX Runtime.
+ */
+function shapeProblem(height, width, config) {
+  const [inputHeight, inputWidth] = config.input_size;
+  const scale = Math.min(inputHeight / height, inputWidth / width);
+  if (Math.min(height, width) * scale >= 1) return null;
+  const values = { width, height, input_width: inputWidth, input_height: inputHeight };
+  return config.too_elongated_text.replace(/\{(\w+)\}/g, (_, key) => String(values[key]));
+}
+
+/**
  * A file -> {width, height, pixels: RGB uint8 [H*W*3], canvas} as busdet.images.decode_image
  * reads it: EXIF orientation applied, no colour-profile conversion, transparency on black.
  */
@@ -490,6 +503,8 @@ class Page {
     try {
       const image = await decodeImage(file, this.config.max_image_pixels);
       Object.assign(record, { width: image.width, height: image.height, canvas: image.canvas });
+      const problem = shapeProblem(image.height, image.width, this.config);
+      if (problem) throw new ImageReadError(problem);
       const input = new ort.Tensor('uint8', image.pixels, [1, image.height, image.width, 3]);
       const start = performance.now();
       const outputs = await this.session.run({ [MODEL_INPUT]: input });

@@ -142,7 +142,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="what runs the model: onnx (ONNX Runtime on --model's model.onnx, no TensorFlow), "
                              "onnx-int8 (its int8 version model_int8.onnx, made by tools/quantize_model.py), "
                              "tensorflow (the SavedModel), or auto: onnx when model.onnx is there and was made "
-                             "from this SavedModel, else tensorflow (default: %(default)s)")
+                             "from this SavedModel (onnx-int8 instead on a CPU with VNNI or AMX when the int8 "
+                             "file kept the accuracy rule and has its own in-distribution statistics: README, "
+                             "'Int8: how auto chooses'), else tensorflow (default: %(default)s)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an earlier run into the same --output: images with an ok row in its "
                              "tables are kept, the others (error rows and DICOM files too) are done again; "

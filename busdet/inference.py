@@ -15,7 +15,11 @@ TensorFlow runs the SavedModel itself. ``runtime="auto"`` takes ONNX Runtime whe
 ``model.onnx`` is there and ``model_info.json`` says it was made from this very
 SavedModel (a digest of its files), TensorFlow otherwise; ``"onnx"`` refuses a
 missing or stale ONNX file. ``"onnx-int8"`` serves ``model_int8.onnx``
-(:mod:`busdet.quantization`), never chosen by ``auto``. The ONNX path never imports TensorFlow.
+(:mod:`busdet.quantization`); ``auto`` takes it instead of ``model.onnx`` only where it is
+faster and its not-ultrasound check as sound (:func:`find_int8_auto_problem`): a CPU with
+int8 dot-product instructions (:data:`INT8_CPU_FLAGS`), the file current and within the
+accuracy rule, and in-distribution statistics fitted on its own features. The ONNX path
+never imports TensorFlow.
 
 ONNX Runtime runs on as many threads as the process has cores (its CPU affinity,
 capped by a cgroup CPU quota: :func:`available_cores`), and keeps the graph it
@@ -26,8 +30,8 @@ optimisation; where the folder is read-only it optimises in memory every time.
 ``model_info.json`` beside the SavedModel (input size, classes, operating point,
 metrics) is read and written only through :func:`read_model_info` and
 :func:`write_model_info`. It may record the in-distribution statistics fitted on
-this SavedModel (:mod:`busdet.ood`): they are loaded with the model, and refused
-when missing or stale.
+this SavedModel (:mod:`busdet.ood`), and those fitted on the int8 file: the ones of the
+file that serves are loaded with the model, and refused when missing or stale.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import numpy as np
 from busdet.boxes import Box, boxes_from_normalized_yxyx
 from busdet.files import read_text, write_json
 from busdet.label_map import load_label_map
-from busdet.ood import OodStats, OodStatsError, load_ood_stats
+from busdet.ood import OodStats, OodStatsError, load_int8_ood_stats, load_ood_stats
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,9 @@ INT8_FILE = "model_int8.onnx"
 # The exported graph's pooled backbone features (busdet.training.export), scored by busdet.ood.
 FEATURES_OUTPUT = "image_features"
 RUNTIMES = ("auto", "onnx", "onnx-int8", "tensorflow")
+# /proc/cpuinfo flags of int8 dot-product instructions: AVX-512 VNNI, AVX-VNNI, AMX. With one of them the
+# int8 file ran the network faster than model.onnx (README, "Speed"); without, slower.
+INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 # What the runtimes are called to the user, with the package whose version is shown.
 RUNTIME_NAMES = {"onnx": ("ONNX Runtime", "onnxruntime"), "onnx-int8": ("ONNX Runtime int8", "onnxruntime"),
                  "tensorflow": ("TensorFlow", "tensorflow")}
@@ -251,11 +258,41 @@ def find_int8_problem(model_dir: Path, info: dict) -> Optional[str]:
     return None
 
 
-def choose_runtime(model_dir: Path, info: dict, runtime: str = "auto") -> str:
+def has_int8_instructions(flags: Optional[str] = None) -> bool:
+    """Whether the CPU (its ``/proc/cpuinfo`` flags line, default this machine's) has one of
+    :data:`INT8_CPU_FLAGS`."""
+    return not set(INT8_CPU_FLAGS).isdisjoint((_cpu_flags() if flags is None else flags).split())
+
+
+def find_int8_auto_problem(model_dir: Path, info: dict) -> Optional[str]:
+    """Why ``auto`` serves ``model.onnx`` rather than ``model_int8.onnx`` here; None when it serves the
+    int8 file: this CPU has int8 dot-product instructions, the int8 file is current
+    (:func:`find_int8_problem`) and kept the accuracy rule, and its own in-distribution
+    statistics are recorded and sound (the float file's would misjudge its features)."""
+    if not has_int8_instructions():
+        return "this CPU has no VNNI or AMX instructions: the int8 file is slower than model.onnx here"
+    problem = find_int8_problem(model_dir, info)
+    if problem is not None:
+        return problem
+    record = info["onnx_int8"]
+    if (record.get("test") or {}).get("passes") is not True:
+        return f"{model_dir / INT8_FILE}: written although it fails the accuracy rule (--force)"
+    if "ood" not in record:
+        return (f"{model_dir / INT8_FILE}: no in-distribution statistics fitted on its features "
+                "(tools/quantize_model.py --write fits them)")
+    try:
+        load_int8_ood_stats(model_dir, info, record["sha256"])
+    except OodStatsError as error:
+        return str(error)
+    return None
+
+
+def choose_runtime(model_dir: Path, info: dict, runtime: str = "auto", allow_int8: bool = True) -> str:
     """``"onnx"``, ``"onnx-int8"`` or ``"tensorflow"`` for ``runtime`` in :data:`RUNTIMES`.
 
-    ``auto`` is the float ONNX file when current, else TensorFlow; the int8 file only when
-    asked for: on the CPUs measured so far it was no faster (README, "Speed").
+    ``auto`` is the float ONNX file when current, else TensorFlow; the int8 file instead of the
+    float one where :func:`find_int8_auto_problem` finds nothing against it, unless
+    ``allow_int8`` is False (measuring or fitting the float model itself).
 
     Raises:
       ModelLoadError: ``runtime="onnx"`` or ``"onnx-int8"`` with a missing or stale file, or an
@@ -271,6 +308,11 @@ def choose_runtime(model_dir: Path, info: dict, runtime: str = "auto") -> str:
         if problem is not None:
             raise ModelLoadError(f"{problem}; refused. Use --runtime onnx for the float model")
         return runtime
+    if problem is None and runtime == "auto" and allow_int8:
+        int8_problem = find_int8_auto_problem(model_dir, info)
+        if int8_problem is None:
+            return "onnx-int8"
+        log.debug("not the int8 file: %s", int8_problem)
     if problem is None:
         return "onnx"
     if runtime in ("onnx", "onnx-int8"):
@@ -282,13 +324,14 @@ def choose_runtime(model_dir: Path, info: dict, runtime: str = "auto") -> str:
 
 
 def load_detector(model_dir: str | Path, label_map_path: str | Path, runtime: str = "auto",
-                  load_ood: bool = True) -> Detector:
+                  load_ood: bool = True, allow_int8: bool = True) -> Detector:
     """Loads the model (ONNX Runtime or the SavedModel's ``serving_default``), the label map and
     the in-distribution statistics (not with ``load_ood=False``: to fit new ones).
 
     Everything that can be checked without loading a runtime (label map, model info,
     their classes, the ONNX file's digests) is checked first, so that a mistake is
-    reported in a second; the statistics' digests once the model has loaded. ``runtime`` is one of :data:`RUNTIMES` (see the module doc).
+    reported in a second; the statistics' digests once the model has loaded. ``runtime`` is one of
+:data:`RUNTIMES` (see the module doc); ``allow_int8=False`` keeps ``auto`` to the float model.
 
     Raises:
       ModelLoadError: with one line naming the path and what was expected.
@@ -306,7 +349,7 @@ def load_detector(model_dir: str | Path, label_map_path: str | Path, runtime: st
         raise ModelLoadError(str(error)) from None
     info = read_model_info(model_dir)
     check_classes(classes, info, label_map_path, model_dir)
-    runtime = choose_runtime(model_dir, info, runtime)
+    runtime = choose_runtime(model_dir, info, runtime, allow_int8)
     if runtime == "onnx":
         predict, owner = load_onnx_predict(model_dir / ONNX_FILE, info["onnx"]["sha256"])
     elif runtime == "onnx-int8":
@@ -314,40 +357,45 @@ def load_detector(model_dir: str | Path, label_map_path: str | Path, runtime: st
     else:
         predict, owner = load_tensorflow_predict(model_dir)
     # After the runtime: damaged weights also change the digest, and are better named by its loader.
-    ood = load_checked_ood_stats(model_dir, info) if load_ood else None
-    if ood is not None and runtime == "onnx-int8":
-        log.warning("%s", int8_ood_caveat(model_dir, info))
+    ood = load_checked_ood_stats(model_dir, info, runtime) if load_ood else None
     return Detector(predict=predict, classes=classes, input_size=tuple(info.get("input_size", DEFAULT_INPUT_SIZE)),
                     score_threshold=default_score_threshold(info), model_dir=model_dir, info=info,
                     runtime=runtime, owner=owner, ood=ood)
 
 
 def int8_ood_caveat(model_dir: Path, info: dict) -> str:
-    """The warning for the in-distribution check under the int8 file: its statistics were fitted on the
-    float file's features, and int8 features move the distance (figures from tools/quantize_model.py)."""
+    """The warning for the in-distribution check under an int8 file without statistics of its own: the
+    float file's were fitted on other features, and int8 features move the distance (figures from
+    tools/quantize_model.py)."""
     test = (info.get("onnx_int8") or {}).get("test") or {}
     changed = [f"{figures['ood']['flag_changed']} of {figures['images']} {name} test images"
                for name, figures in test.items() if isinstance(figures, dict) and "ood" in figures]
     measured = f" (its flag changed on {', '.join(changed)})" if changed else ""
     return (f"{model_dir / INT8_FILE}: the in-distribution check was fitted on model.onnx's features and the "
             f"int8 file's differ{measured}: its not-ultrasound warnings are less reliable; use --runtime onnx "
-            "where they matter")
+            "where they matter, or quantize again (tools/quantize_model.py --write fits the int8 file's own)")
 
 
-def load_checked_ood_stats(model_dir: Path, info: dict) -> Optional[OodStats]:
-    """The model's in-distribution statistics (:func:`busdet.ood.load_ood_stats`); None, with a
+def load_checked_ood_stats(model_dir: Path, info: dict, runtime: str = "onnx") -> Optional[OodStats]:
+    """The in-distribution statistics of the file that serves: for ``runtime="onnx-int8"`` those fitted on
+    the int8 file (:func:`busdet.ood.load_int8_ood_stats`) when recorded, else (with a warning under
+    int8: :func:`int8_ood_caveat`) the SavedModel's (:func:`busdet.ood.load_ood_stats`); None, with a
     warning, for a model that records none (only the colour and flat-image tests then run).
 
     Raises:
-      ModelLoadError: recorded but missing, altered or fitted on another SavedModel.
+      ModelLoadError: recorded but missing, altered or fitted on another SavedModel or int8 file.
     """
     try:
+        if runtime == "onnx-int8" and "ood" in (info.get("onnx_int8") or {}):
+            return load_int8_ood_stats(model_dir, info, info["onnx_int8"]["sha256"])
         stats = load_ood_stats(model_dir, info, compute_saved_model_digest(model_dir))
     except OodStatsError as error:
         raise ModelLoadError(str(error)) from None
     if stats is None:
         log.warning("%s: no in-distribution statistics recorded (tools/fit_ood.py fits them); only the colour "
                     "and flat-image tests will flag images unlike breast ultrasound", model_dir / MODEL_INFO_FILE)
+    elif runtime == "onnx-int8":
+        log.warning("%s", int8_ood_caveat(model_dir, info))
     return stats
 
 

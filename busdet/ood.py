@@ -21,7 +21,11 @@ An image is flagged when any of three tests says so:
 
 The statistics live beside the SavedModel (:data:`OOD_FILE`); ``model_info.json``
 (``"ood"``) records them with the digest of the SavedModel they were fitted on, and
-:func:`load_ood_stats` refuses a file that is missing, altered or stale.
+:func:`load_ood_stats` refuses a file that is missing, altered or stale. The int8 file
+(``model_int8.onnx``) gives other features (the distance moved by up to 9.7 on model v2):
+its own statistics, fitted on its features by ``tools/quantize_model.py --write``, are
+:data:`INT8_OOD_FILE`, recorded in ``"onnx_int8"``'s ``"ood"`` with the int8 file's digest
+(:func:`load_int8_ood_stats`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 OOD_FILE = "ood_stats.npz"
+# The same, fitted on the int8 file's features (tools/quantize_model.py --write).
+INT8_OOD_FILE = "ood_stats_int8.npz"
 WARNING = "does not look like the breast ultrasound the model was trained on"
 # A pixel is coloured when its channels differ by more than this (JPEG noise on grey stays well below).
 COLOUR_SPREAD = 40
@@ -170,18 +176,29 @@ def read_stats(path: Path) -> OodStats:
 
 def find_ood_problem(model_dir: Path, info: dict, saved_model_sha256: str) -> Optional[str]:
     """Why the statistics recorded in ``info["ood"]`` cannot be used with this SavedModel; None when they can."""
+    return _find_stats_problem(Path(model_dir) / OOD_FILE, info.get("ood"), "saved_model_sha256",
+                               saved_model_sha256, "SavedModel", "tools/fit_ood.py")
+
+
+def find_int8_ood_problem(model_dir: Path, info: dict, int8_sha256: str) -> Optional[str]:
+    """Why the statistics recorded in ``info["onnx_int8"]["ood"]`` cannot be used with the int8 file
+    whose digest is ``int8_sha256``; None when they can."""
+    return _find_stats_problem(Path(model_dir) / INT8_OOD_FILE, (info.get("onnx_int8") or {}).get("ood"),
+                               "int8_sha256", int8_sha256, "int8 file", "tools/quantize_model.py")
+
+
+def _find_stats_problem(path: Path, recorded, model_key: str, model_sha256: str, model: str,
+                        tool: str) -> Optional[str]:
     from busdet.inference import compute_file_digest  # noqa: PLC0415 - inference imports this module
 
-    path = model_dir / OOD_FILE
-    recorded = info.get("ood")
     if not isinstance(recorded, dict) or not recorded.get("sha256"):
-        return f"{path}: model_info.json's \"ood\" is damaged"
+        return f"{path}: model_info.json's record of it is damaged"
     if not path.is_file():
         return f"{path}: missing (model_info.json records in-distribution statistics)"
-    if recorded.get("saved_model_sha256") != saved_model_sha256:
-        return f"{path}: stale, fitted on another SavedModel than the one beside it (digest differs)"
+    if recorded.get(model_key) != model_sha256:
+        return f"{path}: stale, fitted on another {model} than the one beside it (digest differs)"
     if recorded["sha256"] != compute_file_digest(path):
-        return f"{path}: not the file tools/fit_ood.py wrote (digest differs)"
+        return f"{path}: not the file {tool} wrote (digest differs)"
     return None
 
 
@@ -197,6 +214,21 @@ def load_ood_stats(model_dir: Path, info: dict, saved_model_sha256: str) -> Opti
     if problem:
         raise OodStatsError(f"{problem}; fit them again: tools/fit_ood.py --model {model_dir} --data ...")
     return read_stats(Path(model_dir) / OOD_FILE)
+
+
+def load_int8_ood_stats(model_dir: Path, info: dict, int8_sha256: str) -> Optional[OodStats]:
+    """The statistics fitted on the int8 file's features, or None when ``model_info.json`` records none.
+
+    Raises:
+      OodStatsError: recorded but missing, altered or fitted on another int8 file (one line).
+    """
+    if "ood" not in (info.get("onnx_int8") or {}):
+        return None
+    problem = find_int8_ood_problem(Path(model_dir), info, int8_sha256)
+    if problem:
+        raise OodStatsError(f"{problem}; quantize again: tools/quantize_model.py --model {model_dir} --data ... "
+                            "--write")
+    return read_stats(Path(model_dir) / INT8_OOD_FILE)
 
 
 def summarise_checks(checks: Sequence[Optional[ImageCheck]]) -> Optional[ImageCheck]:

@@ -16,6 +16,10 @@
    (:mod:`busdet.ood_samples`).
 5. Store (``write``): :data:`busdet.ood.OOD_FILE` beside the SavedModel and ``"ood"`` in its
    ``model_info.json`` (rule, what it was fitted on, the figures, both digests).
+
+With ``int8=True`` (``tools/quantize_model.py --write``) the same is done on the int8 file's
+features: :data:`busdet.ood.INT8_OOD_FILE`, recorded in ``"onnx_int8"``'s ``"ood"`` with the
+int8 file's digest; ``--runtime onnx-int8`` (and ``auto`` where it serves int8) check with those.
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ import pandas as pd
 from busdet.datasets import DatasetSpec
 from busdet.files import atomic_write
 from busdet.images import read_image
-from busdet.inference import (Detector, compute_file_digest, compute_saved_model_digest, load_detector,
-                              read_model_info, run_model, write_model_info)
-from busdet.ood import (MAX_COLOUR_FRACTION, MAX_FLAT_FRACTION, OOD_FILE, OodStats, check_image, colour_fraction,
-                        flat_fraction, mahalanobis_distances, stats_bytes)
+from busdet.inference import (INT8_FILE, Detector, compute_file_digest, compute_saved_model_digest,
+                              load_detector, read_model_info, run_model, write_model_info)
+from busdet.ood import (INT8_OOD_FILE, MAX_COLOUR_FRACTION, MAX_FLAT_FRACTION, OOD_FILE, OodStats, check_image,
+                        colour_fraction, flat_fraction, mahalanobis_distances, stats_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +116,20 @@ def cached_split_features(detector: Detector, paths: Sequence[Path], cache: Path
 
 def dataset_features(detector: Detector, datasets: Sequence[DatasetSpec], cache_dir: Path,
                      progress: Callable = lambda items: items) -> Dict[str, Dict[str, SplitFeatures]]:
-    """``{dataset: {split: SplitFeatures}}`` for every split of every dataset, cached per SavedModel."""
-    folder = Path(cache_dir) / compute_saved_model_digest(detector.model_dir)[:16]
+    """``{dataset: {split: SplitFeatures}}`` for every split of every dataset, cached per model
+    (:func:`features_cache_name`)."""
+    folder = Path(cache_dir) / features_cache_name(detector)
     return {spec.name: {split: cached_split_features(detector, paths, folder / f"{spec.name}_{split}.npz", progress)
                         for split, paths in split_members(spec).items()}
             for spec in datasets}
+
+
+def features_cache_name(detector: Detector) -> str:
+    """The cache folder of a model's features: the SavedModel's digest (TensorFlow and ``model.onnx``
+    give the same features), the int8 file's (prefixed ``int8_``) for the int8 file."""
+    if detector.runtime == "onnx-int8":
+        return "int8_" + compute_file_digest(detector.model_dir / INT8_FILE)[:16]
+    return compute_saved_model_digest(detector.model_dir)[:16]
 
 
 def fit_stats(train: Mapping[str, np.ndarray], threshold: float = np.inf) -> OodStats:
@@ -207,17 +220,19 @@ def measure_others(detector: Detector, stats: OodStats, generated: int = 10) -> 
 
 
 def fit_model(model_dir: Path, label_map_path: Path, datasets: Sequence[DatasetSpec], cache_dir: Path,
-              write: bool = False, progress: Callable = lambda items: items) -> dict:
+              write: bool = False, progress: Callable = lambda items: items, int8: bool = False) -> dict:
     """Loads the model (its recorded statistics left aside: they may be stale), fits, measures
     (:func:`fit_and_measure`, :func:`measure_others`) and, with ``write``, stores the result.
 
+    The float model (``model.onnx`` when current, else the SavedModel), or with ``int8`` the int8 file.
     Returns the ``"ood"`` record. Raises ModelLoadError or ValueError (one line each).
     """
-    detector = load_detector(model_dir, label_map_path, load_ood=False)
+    detector = load_detector(model_dir, label_map_path, runtime="onnx-int8" if int8 else "auto", load_ood=False,
+                             allow_int8=False)
     stats, record = fit_and_measure(detector, datasets, cache_dir, progress)
     record["flagged"]["other"] = measure_others(detector, stats)
     if write:
-        store_ood_stats(model_dir, stats, record)
+        (store_int8_ood_stats if int8 else store_ood_stats)(model_dir, stats, record)
     return record
 
 
@@ -225,12 +240,30 @@ def store_ood_stats(model_dir: Path, stats: OodStats, record: dict) -> Path:
     """Writes :data:`busdet.ood.OOD_FILE` beside the SavedModel and ``record`` (plus both digests)
     as ``model_info.json``'s ``"ood"``. Returns the statistics file's path."""
     model_dir = Path(model_dir)
-    path = model_dir / OOD_FILE
-    with atomic_write(path) as stream:
-        stream.write(stats_bytes(stats))
+    path = write_stats(model_dir / OOD_FILE, stats)
     info = read_model_info(model_dir)
     info["ood"] = {"file": OOD_FILE, "sha256": compute_file_digest(path),
                    "saved_model_sha256": compute_saved_model_digest(model_dir), **record}
     write_model_info(model_dir, info)
     log.info("wrote %s and the \"ood\" record of %s", path, model_dir / "model_info.json")
+    return path
+
+
+def store_int8_ood_stats(model_dir: Path, stats: OodStats, record: dict) -> Path:
+    """Writes :data:`busdet.ood.INT8_OOD_FILE` beside the int8 file and ``record`` (plus its digest and the
+    int8 file's) as ``model_info.json``'s ``"onnx_int8"`` ``"ood"``. Returns the statistics file's path."""
+    model_dir = Path(model_dir)
+    path = write_stats(model_dir / INT8_OOD_FILE, stats)
+    info = read_model_info(model_dir)
+    info["onnx_int8"]["ood"] = {"file": INT8_OOD_FILE, "sha256": compute_file_digest(path),
+                                "int8_sha256": compute_file_digest(model_dir / INT8_FILE), **record}
+    write_model_info(model_dir, info)
+    log.info("wrote %s and the int8 file's \"ood\" record of %s", path, model_dir / "model_info.json")
+    return path
+
+
+def write_stats(path: Path, stats: OodStats) -> Path:
+    """Writes ``stats`` to ``path`` atomically (:func:`busdet.ood.stats_bytes`)."""
+    with atomic_write(path) as stream:
+        stream.write(stats_bytes(stats))
     return path

@@ -89,7 +89,12 @@ def test_quantize_tool_writes_a_recorded_int8_file_served_only_when_asked(smoke_
     assert set(record["test"]) == {"centre_a", "centre_b", "passes"}
     assert record["test"]["passes"] is (status == 0)
     assert set(record["test"]["centre_a"]["drop"]) == {"AP50_lesion", "mAP50"}
-    assert load_detector(model, label_map_path).runtime == "onnx"  # auto never takes the int8 file
+    from busdet.inference import has_int8_instructions
+    from busdet.ood import INT8_OOD_FILE
+    assert record["ood"]["int8_sha256"] and (model / INT8_OOD_FILE).is_file()  # fitted on its own features
+    # auto takes the int8 file only on a VNNI/AMX CPU and within the rule (the tests above cover each case)
+    expected = "onnx-int8" if has_int8_instructions() and record["test"]["passes"] else "onnx"
+    assert load_detector(model, label_map_path).runtime == expected
     int8 = load_detector(model, label_map_path, runtime="onnx-int8")
     from busdet.inference import int8_ood_caveat
     assert "less reliable" in int8_ood_caveat(model, int8.info)
@@ -109,3 +114,103 @@ def test_runtime_onnx_int8_without_an_int8_file_is_refused_in_one_line(label_map
     with pytest.raises(ModelLoadError, match="no int8 model here") as error:
         load_detector(ROOT / "saved_model", label_map_path, runtime="onnx-int8")
     assert "\n" not in str(error.value)
+
+
+# --- auto and the int8 file: VNNI or AMX, the rule kept, statistics of its own (issue 21 item 4) -------------
+
+NO_VNNI = "fpu sse4_2 avx2 fma"  # the AVX2-only CPU where int8 was slower (README, "Speed")
+VNNI = NO_VNNI + " avx512f avx512_vnni avx512_bf16"
+
+
+def int8_model(folder: Path, passes: bool = True, int8_stats: bool = True) -> Path:
+    """A fake SavedModel with a current model.onnx and model_int8.onnx recorded as the exporter and
+    tools/quantize_model.py record them, float statistics (threshold 9) and, if asked, the int8 file's (5)."""
+    from busdet.inference import ONNX_FILE, compute_file_digest, compute_saved_model_digest, write_model_info
+    from busdet.ood_fit import fit_stats, store_int8_ood_stats, store_ood_stats
+    from busdet.quantization import install_int8
+
+    (folder / "variables").mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"graph")
+    (folder / "variables" / "variables.index").write_bytes(b"weights")
+    (folder / ONNX_FILE).write_bytes(b"onnx graph")
+    write_model_info(folder, {"classes": {"1": "benign", "2": "malignant"},
+                              "onnx": {"saved_model_sha256": compute_saved_model_digest(folder),
+                                       "sha256": compute_file_digest(folder / ONNX_FILE)}})
+    (folder.parent / "int8.onnx").write_bytes(b"int8 graph")
+    install_int8(folder, folder.parent / "int8.onnx", {"test": {"passes": passes}})
+    rng = np.random.default_rng(0)
+    features = {"a": rng.normal(0, 1, (40, 4)), "b": rng.normal(5, 1, (40, 4))}
+    store_ood_stats(folder, fit_stats(features, threshold=9.0), {"threshold": 9.0})
+    if int8_stats:
+        store_int8_ood_stats(folder, fit_stats(features, threshold=5.0), {"threshold": 5.0})
+    return folder
+
+
+def test_int8_instructions_are_read_from_the_cpu_flags():
+    from busdet.inference import has_int8_instructions
+
+    assert not has_int8_instructions(NO_VNNI) and not has_int8_instructions("")
+    assert has_int8_instructions(VNNI)
+    assert has_int8_instructions(NO_VNNI + " avx_vnni") and has_int8_instructions(NO_VNNI + " amx_tile amx_int8")
+
+
+@pytest.mark.parametrize("flags, change, expected", [
+    (NO_VNNI, None, "onnx"),
+    (VNNI, None, "onnx-int8"),
+    (VNNI, "no int8 statistics", "onnx"),
+    (VNNI, "int8 statistics altered", "onnx"),
+    (VNNI, "fails the rule", "onnx"),
+    (VNNI, "int8 file altered", "onnx"),
+    (VNNI, "float asked for", "onnx"),
+], ids=["no VNNI", "VNNI", "no int8 statistics", "int8 statistics altered", "fails the rule", "int8 file altered",
+        "allow_int8=False"])
+def test_auto_serves_int8_only_on_a_vnni_cpu_with_its_own_statistics(tmp_path, monkeypatch, flags, change,
+                                                                     expected):
+    from busdet import inference
+    from busdet.ood import INT8_OOD_FILE
+
+    monkeypatch.setattr(inference, "_cpu_flags", lambda: flags)
+    model = int8_model(tmp_path / "model", passes=change != "fails the rule",
+                       int8_stats=change != "no int8 statistics")
+    if change == "int8 statistics altered":
+        (model / INT8_OOD_FILE).write_bytes(b"other")
+    if change == "int8 file altered":
+        (model / inference.INT8_FILE).write_bytes(b"another int8 graph")
+    info = inference.read_model_info(model)
+    assert inference.choose_runtime(model, info, "auto", allow_int8=change != "float asked for") == expected
+    assert inference.choose_runtime(model, info, "onnx") == "onnx"  # asked for by name: always the float file
+
+
+def test_int8_serving_checks_with_the_int8_files_own_statistics(tmp_path, caplog):
+    from busdet.inference import ModelLoadError, load_checked_ood_stats, read_model_info
+    from busdet.ood import INT8_OOD_FILE
+
+    model = int8_model(tmp_path / "model")
+    info = read_model_info(model)
+    assert info["onnx_int8"]["ood"]["file"] == INT8_OOD_FILE
+    assert load_checked_ood_stats(model, info, "onnx-int8").threshold == 5.0
+    assert load_checked_ood_stats(model, info, "onnx").threshold == 9.0
+    assert "less reliable" not in caplog.text
+    (model / INT8_OOD_FILE).write_bytes(b"other")
+    with pytest.raises(ModelLoadError, match="not the file tools/quantize_model.py wrote.*quantize again"):
+        load_checked_ood_stats(model, info, "onnx-int8")
+
+
+def test_int8_without_statistics_of_its_own_uses_the_float_ones_and_says_so(tmp_path, caplog):
+    from busdet.inference import load_checked_ood_stats, read_model_info
+
+    model = int8_model(tmp_path / "model", int8_stats=False)
+    assert load_checked_ood_stats(model, read_model_info(model), "onnx-int8").threshold == 9.0
+    assert "less reliable" in caplog.text and "tools/quantize_model.py --write fits" in caplog.text
+
+
+def test_the_int8_files_features_are_cached_apart_from_the_float_files(tmp_path):
+    from busdet.inference import Detector
+    from busdet.ood_fit import features_cache_name
+
+    model = int8_model(tmp_path / "model")
+    names = {runtime: features_cache_name(Detector(predict=None, classes={}, input_size=(640, 640),
+                                                   score_threshold=0.5, model_dir=model, info={}, runtime=runtime))
+             for runtime in ("onnx", "tensorflow", "onnx-int8")}
+    assert names["onnx"] == names["tensorflow"] and names["onnx-int8"].startswith("int8_")
+    assert names["onnx-int8"] != names["onnx"]

@@ -57,7 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     try:
         datasets = parse_split_datasets(args.data, args.splits)
-        detector = load_detector(args.model, args.label)
+        detector = load_detector(args.model, args.label, allow_int8=False)  # the float model's metrics
     except (ValueError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -11,11 +11,15 @@ FPN only, calibrated on --calibration training images of each dataset), runs the
 and the int8 file in turn on every test image of each dataset and prints, per dataset,
 lesion AP50, mAP50, malignancy AUC and lesion recall of both at the model's operating
 threshold, the drops and whether the rule holds (lesion AP50 and mAP50 drop by at most
-0.01 on every split), and how much the int8 features move the in-distribution distance. With --write (only when the rule holds, unless --force) the file
-goes to the model folder as model_int8.onnx, recorded in model_info.json ("onnx_int8");
-predict.py, the page and the DICOM node serve it with --runtime onnx-int8 only. Speed:
-benchmarks/bench_predict.py --runtime onnx-int8. A new export drops the int8 file:
-run this again after every export.
+0.01 on every split), and how much the int8 features move the in-distribution distance. With
+--write (only when the rule holds, unless --force) the file goes to the model folder as
+model_int8.onnx, recorded in model_info.json ("onnx_int8"), and the in-distribution check is
+fitted on its own features as tools/fit_ood.py does on the float file's (every train, val and
+test image again, through the int8 file: ood_stats_int8.npz, "onnx_int8"'s "ood"). predict.py,
+the page and the DICOM node serve it with --runtime onnx-int8, and with the default --runtime
+auto where the CPU has VNNI or AMX and it passed the rule and has those statistics
+(busdet.inference.find_int8_auto_problem). Speed: benchmarks/bench_predict.py. A new export
+drops the int8 file: run this again after every export.
 Exit status: 0 measured (and written), 1 the rule does not hold (nothing written),
 2 bad arguments, model or dataset, 130 interrupted.
 """
@@ -29,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
+
+from tqdm import tqdm  # noqa: E402
 
 from busdet.cli import add_split_model_arguments, run_command, say  # noqa: E402
 from busdet.datasets import parse_split_datasets  # noqa: E402
@@ -44,10 +50,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--write", action="store_true",
                         help="store model_int8.onnx in the model folder and record it in model_info.json")
     parser.add_argument("--force", action="store_true", help="with --write: store it even if the rule fails")
+    parser.add_argument("--cache", type=Path, default=ROOT / "work" / "ood_features",
+                        help="with --write: the int8 file's feature cache, as tools/fit_ood.py's "
+                             "(git-ignored; cut from dataset images: never commit it)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
+    from busdet.ood_fit import fit_model
     from busdet.quantization import (MAX_DROP, calibration_images, install_int8, measure_int8,
                                      quantize_onnx)
 
@@ -67,6 +77,13 @@ def main(args: argparse.Namespace) -> int:
                   "rule": f"lesion AP50 and mAP50 drop <= {MAX_DROP} on every test split", "test": figures}
         if args.write and (figures["passes"] or args.force):
             install_int8(args.model, int8_path, record)
+            try:  # without them auto keeps to model.onnx: the float file's statistics misjudge int8 features
+                record["ood"] = fit_model(args.model, args.label, datasets, args.cache, write=True, int8=True,
+                                          progress=lambda items: tqdm(items, desc="int8 features", unit="image",
+                                                                      file=sys.stderr))
+            except (ValueError, ModelLoadError) as error:
+                say(f"error: the int8 file is written, its in-distribution statistics are not: {error}")
+                return 2
     print(json_text(record), end="")
     if not figures["passes"]:
         say("the int8 model fails the rule" + ("" if args.force or not args.write else "; nothing written"))

@@ -11,8 +11,9 @@ threshold-free metrics of both (:func:`busdet.evaluation.compute_evaluation`), t
 difference (candidate - baseline), and a paired bootstrap of that difference: the images
 drawn with replacement ``--bootstrap`` times, both models scored on the same draw (mean,
 95% percentile interval, share of draws where the candidate is ahead). The network time
-is the ``predict`` call alone, per image, as wall time and as the process's CPU time
-(``getrusage``: user + system of all its threads), which a machine shared with other
+is the model's call per image (:func:`busdet.evaluation.measure.run_in_turn`: the network,
+reading its boxes and features), as wall time and as the process's CPU time
+(``time.process_time``: user + system of all its threads), which a machine shared with other
 work distorts less; the two models alternate so that such load weighs on both alike.
 The CPU's model and vector extensions (``/proc/cpuinfo``) are recorded with the figures.
 Exit status: 0 measured, 2 bad arguments, model or dataset, 130 interrupted.
@@ -25,9 +26,7 @@ import json
 import math
 import os
 import platform
-import resource
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +34,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
-from busdet.annotations import annotate_dataset  # noqa: E402
 from busdet.cli import run_command  # noqa: E402
-from busdet.datasets import parse_split_datasets, read_split_csv  # noqa: E402
+from busdet.datasets import parse_split_datasets  # noqa: E402
 from busdet.evaluation import compute_evaluation  # noqa: E402
-from busdet.images import read_image  # noqa: E402
-from busdet.inference import ModelLoadError, available_cores, load_detector, read_boxes  # noqa: E402
+from busdet.evaluation.measure import annotated_splits, run_in_turn  # noqa: E402
+from busdet.inference import ModelLoadError, available_cores, load_detector  # noqa: E402
 
 MODELS = ("baseline", "candidate")
 METRICS = ("AP50_lesion", "mAP50", "AP50_benign", "AP50_malignant", "mAP50_95", "AUC_malignant_image")
@@ -63,11 +61,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def describe_cpu() -> dict:
     """The CPU's model name and vector extensions, from ``/proc/cpuinfo``."""
     try:
@@ -78,23 +71,6 @@ def describe_cpu() -> dict:
     flags = field.get("flags", "").split()
     return {"model": field.get("model name", ""), "simd_flags": [f for f in flags if f.startswith(SIMD_PREFIXES)],
             "amx": any(f.startswith("amx") for f in flags), "cores_used": available_cores()}
-
-
-def run_in_turn(detectors: dict, members) -> tuple:
-    """``({model: {filename: boxes}}, {model: [wall s]}, {model: [CPU s]})``: the models alternate on each image."""
-    predictions = {name: {} for name in detectors}
-    wall = {name: [] for name in detectors}
-    cpu = {name: [] for name in detectors}
-    for image in members:
-        pixels = read_image(image.path)
-        batch = np.ascontiguousarray(pixels[np.newaxis], dtype=np.uint8)
-        for name, detector in detectors.items():
-            started, started_cpu = time.perf_counter(), cpu_seconds()
-            outputs = detector.predict(batch)
-            wall[name].append(time.perf_counter() - started)
-            cpu[name].append(cpu_seconds() - started_cpu)
-            predictions[name][image.filename] = read_boxes(detector, outputs, pixels.shape[:2])
-    return predictions, wall, cpu
 
 
 def headline(truth: dict, labels: dict, predictions: dict, classes: list) -> dict:
@@ -151,17 +127,18 @@ def main(args: argparse.Namespace) -> int:
                "datasets": {}}
     wall, cpu = {name: [] for name in MODELS}, {name: [] for name in MODELS}
     for spec in datasets:
-        split = read_split_csv(spec.split_path)
-        members = [i for i in annotate_dataset(spec.path, classes)[0] if split.get(i.filename) == args.split]
-        if not members:
-            print(f"error: {spec.split_path}: no {args.split} images of {spec.path}", file=sys.stderr)
+        try:
+            members = annotated_splits(spec, classes, [args.split])[args.split]
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
             return 2
         if not figures["datasets"]:  # the first image once per model first: session warm-up, not timed
             run_in_turn(detectors, members[:1])
-        predictions, seconds, cpu_used = run_in_turn(detectors, members)
+        runs = run_in_turn(detectors, members)
+        predictions = runs.predictions
         for name in MODELS:
-            wall[name] += seconds[name]
-            cpu[name] += cpu_used[name]
+            wall[name] += runs.wall[name]
+            cpu[name] += runs.cpu[name]
         truth, labels = {i.filename: i.boxes for i in members}, {i.filename: i.label for i in members}
         scored = {name: headline(truth, labels, predictions[name], classes) for name in MODELS}
         figures["datasets"][spec.name] = {

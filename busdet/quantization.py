@@ -37,7 +37,7 @@ from busdet.datasets import DatasetSpec, read_split_csv
 from busdet.files import atomic_write
 from busdet.images import read_image
 from busdet.inference import (INT8_FILE, ONNX_FILE, Detector, compute_file_digest, load_onnx_predict,
-                              read_model_info, run_model, write_model_info)
+                              read_model_info, write_model_info)
 from busdet.ood import mahalanobis_distances
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def measure_int8(float_detector: Detector, int8_path: Path, datasets: Sequence[D
     ``ood`` (when the model has in-distribution statistics, fitted on the float file's
     features): how far the int8 features move the distance, and on how many images the
     flag changes; the statistics are not refitted for the int8 file."""
-    from busdet.evaluation import compute_evaluation  # pycocotools: only when measuring
+    from busdet.evaluation.measure import annotated_splits, evaluate, run_in_turn, split_truth  # pycocotools
 
     predict, session = load_onnx_predict(int8_path)
     detectors = {"float": float_detector,
@@ -123,27 +123,17 @@ def measure_int8(float_detector: Detector, int8_path: Path, datasets: Sequence[D
     classes = list(float_detector.classes.values())
     figures: Dict[str, object] = {}
     for spec in datasets:
-        images, _ = annotate_dataset(spec.path, classes)
-        split = read_split_csv(spec.split_path)
-        members = [image for image in images if split.get(image.filename) == "test"]
-        truth = {i.filename: i.boxes for i in members}
-        labels = {i.filename: i.label for i in members}
-        predictions: Dict[str, dict] = {name: {} for name in detectors}
-        features: Dict[str, list] = {name: [] for name in detectors}
-        for image in members:
-            pixels = read_image(image.path)
-            for name, detector in detectors.items():
-                predictions[name][image.filename], image_features = run_model(detector, pixels)
-                features[name].append(image_features)
+        members = annotated_splits(spec, classes, ["test"])["test"]
+        runs = run_in_turn(detectors, members)
         row: Dict[str, object] = {"images": len(members)}
         for name in detectors:
-            metrics = compute_evaluation(truth, labels, predictions[name], float_detector.score_threshold,
-                                         classes=classes).metrics
+            metrics = evaluate(split_truth(members, runs.predictions[name]), float_detector.score_threshold,
+                               classes).metrics
             row[name] = {key: round(float(metrics[key]), 4) for key in REPORTED}
         row["drop"] = {key: round(row["float"][key] - row["int8"][key], 4) for key in GATED}
-        if float_detector.ood is not None and members:
+        if float_detector.ood is not None:
             distances = {name: mahalanobis_distances(np.stack(rows), float_detector.ood)
-                         for name, rows in features.items()}
+                         for name, rows in runs.features.items()}
             flagged = {name: d > float_detector.ood.threshold for name, d in distances.items()}
             row["ood"] = {"distance_change_max": round(float(np.abs(distances["int8"] - distances["float"]).max()), 3),
                           "distance_float_median": round(float(np.median(distances["float"])), 3),

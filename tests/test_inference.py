@@ -344,29 +344,21 @@ def test_onnx_boxes_match_the_saved_model_on_the_busi_test_images(busi_dir, labe
     """The SavedModel is the reference: on every BUSI test image (data/busi_split.csv) ONNX Runtime
     returns the same detections, boxes within 1 px and scores within 1e-3, and the metrics
     tools/measure_model.py computes from them agree to 0.002 (issue 21)."""
-    from busdet.annotations import annotate_dataset
-    from busdet.datasets import read_split_csv
-    from busdet.evaluation import compute_evaluation
-    from busdet.images import read_image
-    from busdet.inference import detect
+    from busdet.datasets import DatasetSpec
+    from busdet.evaluation.measure import annotated_splits, evaluate, run_in_turn, split_truth
 
-    onnx, tensorflow = (load_detector(SHIPPED, label_map_path, runtime) for runtime in ("onnx", "tensorflow"))
-    names = sorted(name for name, split in read_split_csv(ROOT / "data" / "busi_split.csv").items()
-                   if split == "test")
-    assert len(names) == 100
-    annotated = {i.filename: i for i in annotate_dataset(busi_dir, list(onnx.classes.values()))[0]}
-    predictions = {"onnx": {}, "tensorflow": {}}
-    for name in names:
-        image = read_image(annotated[name].path)
-        mine, theirs = detect(onnx, image), detect(tensorflow, image)
-        assert len(mine) == len(theirs) > 0, name
-        assert unmatched_boxes(mine, theirs) == [], name
-        predictions["onnx"][name], predictions["tensorflow"][name] = mine, theirs
-    truth = {name: annotated[name].boxes for name in names}
-    labels = {name: annotated[name].label for name in names}
-    metrics = {runtime: compute_evaluation(truth, labels, found, onnx.score_threshold,
-                                           classes=list(onnx.classes.values())).metrics
-               for runtime, found in predictions.items()}
+    detectors = {runtime: load_detector(SHIPPED, label_map_path, runtime) for runtime in ("onnx", "tensorflow")}
+    classes = list(detectors["onnx"].classes.values())
+    members = annotated_splits(DatasetSpec("busi", busi_dir, ROOT / "data" / "busi_split.csv"), classes,
+                               ["test"])["test"]
+    assert len(members) == 100
+    runs = run_in_turn(detectors, members)
+    for image in members:
+        mine, theirs = (runs.predictions[runtime][image.filename] for runtime in ("onnx", "tensorflow"))
+        assert len(mine) == len(theirs) > 0, image.filename
+        assert unmatched_boxes(mine, theirs) == [], image.filename
+    metrics = {runtime: evaluate(split_truth(members, found), detectors["onnx"].score_threshold, classes).metrics
+               for runtime, found in runs.predictions.items()}
     for key in ("AP50_lesion", "mAP50", "AP50_benign", "AP50_malignant", "AUC_malignant_image", "lesion_recall"):
         assert abs(metrics["onnx"][key] - metrics["tensorflow"][key]) <= 0.002, key
 

@@ -74,3 +74,58 @@ def test_dataset_argument_names_its_split(tmp_path):
 @pytest.mark.parametrize("chosen, stored", [(0.23529999, 0.2352), (0.5, 0.5)])
 def test_threshold_is_cut_not_rounded(chosen, stored):
     assert stored_threshold(chosen) == stored
+
+
+def _phantom_spec(folder, label_map_path, splits=("train", "val", "test")):
+    """A phantom dataset of 2 images per class and its split CSV, image (k) in the k-th split."""
+    from busdet.annotations import annotate_dataset
+    from busdet.datasets import DatasetSpec
+    from busdet.label_map import load_label_map
+    from busdet.phantoms import write_phantom_dataset
+    from busdet.training.data import write_split_csv
+
+    write_phantom_dataset(folder / "ds", 2, seed=5)
+    images, _ = annotate_dataset(folder / "ds", list(load_label_map(label_map_path).values()))
+    split = {i.filename: splits[int(i.filename.split("(")[1][0]) - 1] for i in images}
+    write_split_csv(split, {i.filename: i.label for i in images}, folder / "ds_split.csv")
+    return DatasetSpec("ds", folder / "ds", folder / "ds_split.csv"), images, split
+
+
+def test_annotated_splits_divide_the_dataset_as_its_split_csv_and_refuse_an_empty_one(tmp_path, label_map_path):
+    from busdet.evaluation.measure import annotated_splits
+
+    spec, images, split = _phantom_spec(tmp_path, label_map_path, splits=("val", "test"))
+    members = annotated_splits(spec, ["benign", "malignant"])
+    assert {name: sorted(i.filename for i in part) for name, part in members.items()} == {
+        name: sorted(f for f, s in split.items() if s == name) for name in ("val", "test")}
+    with pytest.raises(ValueError, match="no train images"):
+        annotated_splits(spec, ["benign", "malignant"], ["train"])
+
+
+def test_run_in_turn_calls_every_model_on_each_image_before_the_next(tmp_path, label_map_path):
+    import numpy as np
+
+    from busdet.evaluation.measure import annotated_splits, run_in_turn, split_truth
+    from busdet.inference import Detector
+
+    spec, _, _ = _phantom_spec(tmp_path, label_map_path, splits=("val", "test"))
+    members = annotated_splits(spec, ["benign", "malignant"], ["test"])["test"]
+    calls = []
+
+    def model(name, score):
+        def predict(batch):
+            calls.append((name, batch.shape))
+            return {"num_detections": np.array([1]), "detection_boxes": np.array([[[0.1, 0.1, 0.5, 0.5]]]),
+                    "detection_classes": np.array([[1]]), "detection_scores": np.array([[score]]),
+                    "image_features": np.full((1, 4), score, np.float32)}
+        return Detector(predict=predict, classes={1: "benign", 2: "malignant"}, input_size=(640, 640),
+                        score_threshold=0.5, model_dir=tmp_path, info={})
+
+    runs = run_in_turn({"a": model("a", 0.9), "b": model("b", 0.4)}, members)
+    assert [name for name, _ in calls] == ["a", "b"] * len(members)
+    assert list(runs.predictions["a"]) == [i.filename for i in members]
+    assert all(len(runs.wall[name]) == len(runs.cpu[name]) == len(members) for name in "ab")
+    assert [float(f[0]) for f in runs.features["b"]] == pytest.approx([0.4] * len(members))
+    part = split_truth(members, runs.predictions["b"])
+    assert part.labels == {i.filename: i.label for i in members}
+    assert [box.score for boxes in part.predictions.values() for box in boxes] == pytest.approx([0.4] * len(members))

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence
 
-from busdet.annotations import annotate_dataset
+from busdet.annotations import AnnotatedImage, annotate_dataset
 from busdet.boxes import Box
 from busdet.datasets import DatasetSpec, citation_line, read_devices, read_split_csv
 from busdet.evaluation import (DEFAULT_TARGET_RECALL, choose_operating_threshold, compute_evaluation,
                                write_evaluation_report)
 from busdet.images import read_image
-from busdet.inference import Detector, detect, read_model_info, write_model_info
+from busdet.inference import Detector, detect, read_model_info, run_model, write_model_info
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +57,63 @@ class SplitPredictions:
     predictions: Dict[str, List[Box]]
 
 
-def predict_split(detector: Detector, spec: DatasetSpec, progress=lambda items: items) -> Dict[str, SplitPredictions]:
-    """Annotates ``spec``'s folder and runs the model on its val and test images (the one inference path)."""
-    images, problems = annotate_dataset(spec.path, list(detector.classes.values()))
+def annotated_splits(spec: DatasetSpec, classes: Sequence[str],
+                     splits: Sequence[str] = SPLITS) -> Dict[str, List[AnnotatedImage]]:
+    """``{split: annotated images}`` of ``spec``'s folder as its committed split CSV divides them
+    (files that cannot be annotated are logged, one line each).
+
+    Raises:
+      ValueError: a split in ``splits`` has no images.
+    """
+    images, problems = annotate_dataset(spec.path, list(classes))
     for problem in problems:
         log.warning("%s", problem.report_line)
     split = read_split_csv(spec.split_path)
-    parts = {}
-    for name in SPLITS:
-        members = [i for i in images if split.get(i.filename) == name]
-        if not members:
+    members = {name: [i for i in images if split.get(i.filename) == name] for name in splits}
+    for name, part in members.items():
+        if not part:
             raise ValueError(f"{spec.split_path}: no {name} images of {spec.path}")
-        parts[name] = SplitPredictions({i.filename: i.boxes for i in members}, {i.filename: i.label for i in members},
-                                       {i.filename: detect(detector, read_image(i.path)) for i in progress(members)})
-    return parts
+    return members
+
+
+def split_truth(members: Sequence[AnnotatedImage], predictions: Mapping[str, List[Box]]) -> SplitPredictions:
+    """A split's truth and image labels from its annotated images, with ``predictions`` by file name."""
+    return SplitPredictions({i.filename: i.boxes for i in members}, {i.filename: i.label for i in members},
+                            dict(predictions))
+
+
+@dataclass
+class RunsInTurn:
+    """Several models run one after the other on each image: per model, the detections by file
+    name, the pooled features (in image order) and each call's wall and CPU seconds."""
+
+    predictions: Dict[str, Dict[str, List[Box]]]
+    features: Dict[str, list]
+    wall: Dict[str, List[float]]
+    cpu: Dict[str, List[float]]
+
+
+def run_in_turn(detectors: Mapping[str, Detector], members: Sequence[AnnotatedImage],
+                progress=lambda items: items) -> RunsInTurn:
+    """Runs every detector on each image in turn (the one inference path): comparing two exports or
+    runtimes this way sees the same images under the same machine load."""
+    runs = RunsInTurn(*({name: ({} if field == "predictions" else []) for name in detectors}
+                        for field in ("predictions", "features", "wall", "cpu")))
+    for image in progress(members):
+        pixels = read_image(image.path)
+        for name, detector in detectors.items():
+            started, started_cpu = time.perf_counter(), time.process_time()
+            runs.predictions[name][image.filename], features = run_model(detector, pixels)
+            runs.wall[name].append(time.perf_counter() - started)
+            runs.cpu[name].append(time.process_time() - started_cpu)
+            runs.features[name].append(features)
+    return runs
+
+
+def predict_split(detector: Detector, spec: DatasetSpec, progress=lambda items: items) -> Dict[str, SplitPredictions]:
+    """Annotates ``spec``'s folder and runs the model on its val and test images (the one inference path)."""
+    return {name: split_truth(members, {i.filename: detect(detector, read_image(i.path)) for i in progress(members)})
+            for name, members in annotated_splits(spec, detector.classes.values()).items()}
 
 
 def pool(parts: Mapping[str, SplitPredictions]) -> SplitPredictions:

@@ -210,7 +210,8 @@ def test_compare_runs_averages_the_last_evaluations_against_the_baseline(tmp_pat
     from busdet.training.curves import comparison_rows, late_validation_means
 
     _write_validation(tmp_path / "base", {"target_mean": [(250, 0.1), (500, 0.5), (750, 0.7)],
-                                          "busi/target_mean": [(250, 0.2), (500, 0.4), (750, 0.6)]})
+                                          "busi/target_mean": [(250, 0.2), (500, 0.4), (750, 0.6)],
+                                          "AP50": [(750, 0.3)], "busi/mAP50": [(750, 0.2)]})
     _write_validation(tmp_path / "arm", {"target_mean": [(250, 0.9), (500, 0.6), (750, 0.8)]})
     means = late_validation_means(tmp_path / "base", last=2)
     assert means["target_mean"] == (pytest.approx(0.6), 2) and means["busi/target_mean"] == (pytest.approx(0.5), 2)
@@ -220,6 +221,9 @@ def test_compare_runs_averages_the_last_evaluations_against_the_baseline(tmp_pat
     assert rows[0] == ["base", "750", "2", "0.600", "0.500"]
     # The arm's difference to the baseline is its own mean minus the baseline's; unlogged is "-".
     assert rows[1] == ["arm", "750", "2", "0.700 (+0.100)", "-"]
+    # Pooled "AP50" is the class-mean AP50 that each dataset logs as "NAME/mAP50".
+    header, rows = comparison_rows([tmp_path / "base"], ["busi"], metrics=["AP50"])
+    assert header[3:] == ["AP50", "busi/mAP50"] and rows[0][3:] == ["0.300", "0.200"]
 
 
 def test_compare_runs_tool_refuses_a_folder_without_validation_logs(tmp_path):

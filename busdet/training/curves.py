@@ -77,6 +77,9 @@ def write_training_curves(run_dirs: Sequence[Path], output: Path) -> None:
 
 # What the screen of issue 18 compares, pooled and per dataset: the class decision first.
 COMPARED_METRICS = ("AP50_malignant", "AUC_malignant_image", "AP50", "AP50_lesion", "target_mean")
+# Pooled, Model Garden logs the mean over classes of AP50 as "AP50"; per dataset, busdet's
+# validation logs the same figure as "NAME/mAP50".
+DATASET_TAGS = {"AP50": "mAP50"}
 
 
 def late_validation_means(run_dir: Path, last: int = 3) -> Dict[str, Tuple[float, int]]:
@@ -102,7 +105,7 @@ def comparison_rows(run_dirs: Sequence[Path], datasets: Sequence[str], last: int
     The first run is the baseline: the other rows also give their difference to it.
     A metric a run did not log is ``-``.
     """
-    columns = [f"{prefix}{metric}" for prefix in ["", *(f"{name}/" for name in datasets)] for metric in metrics]
+    columns = [*metrics, *(f"{name}/{DATASET_TAGS.get(metric, metric)}" for name in datasets for metric in metrics)]
     summaries = [late_validation_means(run_dir, last) for run_dir in run_dirs]
     steps = [read_scalars(Path(run_dir) / "validation").get("target_mean", [(None, None)])[-1][0]
              for run_dir in run_dirs]

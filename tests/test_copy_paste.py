@@ -301,9 +301,12 @@ def test_prepare_data_writes_the_bank_and_build_params_names_it_only_when_on(tmp
     assert on.task.train_data.augmentation.copy_paste_banks == [str(bank_path)]
 
 
-def test_committed_runs_still_load_with_copy_paste_off():
+def test_committed_runs_still_load_with_copy_paste_off_but_in_the_screen_arm_that_tried_it():
     runs = sorted((Path(__file__).resolve().parents[1] / "runs").glob("*/params.yaml"))
     assert runs
     for params_path in runs:
         augmentation = run.load_run_params(params_path.parent).task.train_data.augmentation
-        assert augmentation is None or augmentation.copy_paste_probability == 0.0
+        if params_path.parent.name == "v3_screen_copy_paste":  # configs/v3_arm_copy_paste.yaml
+            assert augmentation.copy_paste_probability == 0.5 and augmentation.copy_paste_banks
+        else:
+            assert augmentation is None or augmentation.copy_paste_probability == 0.0

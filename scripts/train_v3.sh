@@ -28,6 +28,12 @@ $PY tools/train.py "${DATA[@]}" --config configs/v3_stage2_640.yaml --model-dir 
 $PY tools/export_model.py --model-dir runs/v3_640 --output saved_model
 # The operating threshold (recall >= 0.90 on each dataset's val), the test metrics per dataset, and the
 # in-distribution check refitted on this model's features (issue 19).
-$PY tools/measure_model.py "${DATA[@]}" --model saved_model --report report --write-model-info --fit-ood
+# The summary is kept (the card's before/after table: tools/compare_models.py --before
+# docs/measurements/model_v2_busi_busbra.json --after docs/measurements/model_v3_busi_busbra.json);
+# written to a temporary name first so a failed measurement never leaves half a file.
+SUMMARY=docs/measurements/model_v3_busi_busbra.json
+$PY tools/measure_model.py "${DATA[@]}" --model saved_model --report report --write-model-info --fit-ood \
+    > "$SUMMARY.tmp"
+mv "$SUMMARY.tmp" "$SUMMARY"
 # The int8 file (--runtime onnx-int8), written only if it keeps lesion AP50 and mAP50 within 0.01 on each test split.
 $PY tools/quantize_model.py "${DATA[@]}" --model saved_model --write || [ $? = 1 ]  # 1: the rule failed, nothing written

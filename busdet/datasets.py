@@ -26,6 +26,9 @@ from busdet.files import read_csv
 
 # BUS-BRA's table: one row per image (ID = file stem) naming its patient (Case) and scanner (Device).
 IMAGE_TABLE = "bus_data.csv"
+# The key, in each dataset of a measurement summary (tools/measure_model.py), of the sha256 of the
+# split CSV it was measured on: tools/compare_models.py refuses two summaries whose digests differ.
+SPLIT_DIGEST = "split_sha256"
 
 
 @dataclass(frozen=True)

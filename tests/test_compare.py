@@ -30,6 +30,14 @@ def _summary(threshold=0.3, **test):
             "test_by_scanner": {"a": {"S1": {"images": 4, "AP50_lesion": 0.75, "lesion_recall": 0.5}}}}
 
 
+def _with_digest(summary: dict, digest: str) -> dict:
+    """``summary`` with dataset ``a``'s split CSV digest, as tools/measure_model.py records it."""
+    return {**summary, "datasets": [{"name": "a", "citation": "a", "split_sha256": digest}]}
+
+
+DIGEST_1, DIGEST_2 = "1" * 64, "2" * 64
+
+
 def _write(path: Path, data) -> Path:
     path.write_text(data if isinstance(data, str) else json.dumps(data))
     return path
@@ -132,6 +140,48 @@ def test_a_scanner_with_other_images_is_refused_too(tmp_path, capsys):
     assert "different splits: test a: S1 has 4 images" in capsys.readouterr().err
 
 
+def test_summaries_of_split_csvs_with_other_digests_are_refused_though_counts_agree(tmp_path, capsys):
+    before = _write(tmp_path / "before.json", _with_digest(_summary(), DIGEST_1))
+    after = _write(tmp_path / "after.json", _with_digest(_summary(), DIGEST_2))
+    assert _run("--before", before, "--after", after, "--names", "v2", "v3") == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1
+    assert ("v2 and v3 were measured on different splits: a's split CSV has sha256 111111111111... in v2 and "
+            "222222222222... in v3") in captured.err
+    same = _write(tmp_path / "same.json", _with_digest(_summary(), DIGEST_1))
+    assert _run("--before", before, "--after", same) == 0
+
+
+def test_the_digest_is_checked_first_and_the_counts_still(tmp_path, capsys):
+    before = _write(tmp_path / "before.json", _with_digest(_summary(), DIGEST_1))
+    other_split = _write(tmp_path / "a.json", _with_digest(_summary(images=11), DIGEST_2))
+    assert _run("--before", before, "--after", other_split) == 2
+    assert "a's split CSV has sha256" in capsys.readouterr().err
+    other_images = _write(tmp_path / "b.json", _with_digest(_summary(images=11), DIGEST_1))
+    assert _run("--before", before, "--after", other_images) == 2
+    assert "different splits: test a has 10 images" in capsys.readouterr().err  # same split CSV, other images
+
+
+def test_a_summary_without_digests_falls_back_to_the_counts(tmp_path, capsys):
+    old = _write(tmp_path / "old.json", _summary())  # as model v1's and v2's, measured before digests were kept
+    assert _run("--before", old, "--after", _write(tmp_path / "new.json", _with_digest(_summary(), DIGEST_2))) == 0
+    capsys.readouterr()
+    other = _write(tmp_path / "other.json", _with_digest(_summary(lesions_malignant=4), DIGEST_2))
+    assert _run("--before", old, "--after", other) == 2
+    assert "different splits: test a has 3 lesions_malignant" in capsys.readouterr().err
+    # a dataset that only one of the two summaries records a digest of is checked by counts only
+    elsewhere = {**_with_digest(_summary(), DIGEST_1), "datasets": [{"name": "b", "split_sha256": DIGEST_1}]}
+    assert _run("--before", _write(tmp_path / "b.json", elsewhere),
+                "--after", _write(tmp_path / "n.json", _with_digest(_summary(), DIGEST_2))) == 0
+
+
+def test_model_v2s_summary_compares_with_one_that_records_digests(tmp_path, capsys):
+    v2 = json.loads(V2.read_text())
+    recorded = {**v2, "datasets": [{**d, "split_sha256": DIGEST_1} for d in v2["datasets"]]}
+    assert _run("--before", V2, "--after", _write(tmp_path / "v3.json", recorded), "--names", "v2", "v3") == 0
+    assert "| test | busi (100 images) | lesion AP50 | 0.845 | 0.845 | 0.000 |" in capsys.readouterr().out
+
+
 def test_nothing_in_common_is_refused(tmp_path, capsys):
     other = {"test": {"b": _metrics()}}
     assert _run("--before", _write(tmp_path / "b.json", _summary()), "--after", _write(tmp_path / "a.json", other)) == 2
@@ -149,6 +199,9 @@ def test_nothing_in_common_is_refused(tmp_path, capsys):
     ('{"test": {"a": {"images": "100"}}}', "test a: images is not a count"),
     ('{"test": {"a": {"AP50_lesion": "0.8"}}}', "test a: AP50_lesion is neither a number nor null"),
     ('{"test": {}, "test_by_scanner": {"a": 1}}', "'test_by_scanner' is not an object of per-scanner metrics"),
+    ('{"test": {}, "datasets": {"a": {}}}', "'datasets' is not a list of named datasets"),
+    ('{"test": {}, "datasets": [{"citation": "c"}]}', "'datasets' is not a list of named datasets"),
+    ('{"test": {}, "datasets": [{"name": "a", "split_sha256": "abc"}]}', "datasets a: split_sha256 is not a sha256"),
 ])
 def test_a_bad_summary_file_is_one_line_naming_it(tmp_path, capsys, content, reason):
     bad = tmp_path / "bad.json"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from busdet.boxes import Box
-from busdet.datasets import parse_dataset_arg, read_devices
-from busdet.evaluation.measure import SplitPredictions, choose_threshold, metrics_by_group, pool, stored_threshold
+from busdet.datasets import DatasetSpec, citation_line, parse_dataset_arg, read_devices
+from busdet.evaluation.measure import (SplitPredictions, choose_threshold, measured_datasets, metrics_by_group, pool,
+                                       store_operating_point, stored_threshold)
+from busdet.inference import read_model_info
 
 
 def _part(hits):
@@ -69,6 +73,21 @@ def test_dataset_argument_names_its_split(tmp_path):
     for bad in (str(tmp_path), f"=={tmp_path}", "x=/no/such/folder"):
         with pytest.raises(ValueError, match="--data"):
             parse_dataset_arg(bad, tmp_path)
+
+
+def test_measured_datasets_record_the_sha256_of_each_split_csv(tmp_path):
+    one, other = tmp_path / "busi_split.csv", tmp_path / "mine_split.csv"
+    one.write_text("filename,label,split\na.png,benign,val\nb.png,malignant,test\n")
+    other.write_text("filename,label,split\na.png,benign,test\nb.png,malignant,val\n")  # same counts, other split
+    datasets = measured_datasets([DatasetSpec("busi", tmp_path, one), DatasetSpec("mine", tmp_path, other)])
+    digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path in (one, other)]
+    assert datasets == [{"name": "busi", "citation": citation_line("busi"), "split_sha256": digests[0]},
+                        {"name": "mine", "citation": "mine", "split_sha256": digests[1]}]
+    assert digests[0] != digests[1]
+    # --write-model-info keeps them with the rest of the datasets
+    store_operating_point(tmp_path, {"score_threshold": 0.3, "threshold_rule": "r", "datasets": datasets, "val": {},
+                                     "test": {}, "test_by_scanner": {}, "val_threshold_by_dataset": {}})
+    assert read_model_info(tmp_path)["measured_on"] == datasets
 
 
 @pytest.mark.parametrize("chosen, stored", [(0.23529999, 0.2352), (0.5, 0.5)])

@@ -9,8 +9,9 @@ Markdown table: per split, set (each dataset, pooled, and on the test split each
 and metric that both hold (lesion AP50, mAP50, malignant AP50, mAP@[.5:.95], malignancy
 AUC, and at each model's own operating threshold lesion recall, precision and normal
 images boxed), the two values and the change (after - before, of the values shown).
-Summaries whose sets have different image or lesion counts were measured on different
-splits and are refused. --output also writes the table to a file (atomically).
+Summaries measured on different splits are refused: a dataset's split CSV has another
+sha256 (where both record it; older summaries do not) or a set has other image or lesion
+counts. --output also writes the table to a file (atomically).
 Exit status: 0 printed, 2 a file missing, unreadable or not such a summary, different
 splits, or nothing in common.
 """

@@ -11,7 +11,8 @@ threshold on validation (the highest one keeping class-agnostic lesion recall
 the validation splits pooled, model v2's rule), writes a full evaluation report per
 dataset and split (report/NAME/val, report/NAME/test, report/pooled/...: keep it out
 of git, its gallery shows dataset images) and prints the metrics as JSON: per dataset,
-pooled, and per scanner where the dataset names them (BUS-BRA's bus_data.csv). With
+pooled, and per scanner where the dataset names them (BUS-BRA's bus_data.csv), with each
+split CSV's sha256 under "datasets" (split_sha256, checked by tools/compare_models.py). With
 --write-model-info the threshold, the datasets and the metrics go into
 saved_model/model_info.json, where predict.py and the app read them. --fit-ood then
 fits the in-distribution check as tools/fit_ood.py does (its figures under "ood").

@@ -2,7 +2,7 @@
 
     before = read_summary("docs/measurements/model_v2_busi_busbra.json")   # tools/measure_model.py's JSON
     after = read_summary("v3.json")
-    check_same_splits(before, after, ("v2", "v3"))      # refuses other images or lesions in a set
+    check_same_splits(before, after, ("v2", "v3"))      # refuses another split CSV, or other images or lesions
     print(comparison_markdown(before, after, ("v2", "v3")))
 
 One row per split, set (each dataset, ``pooled``, and with the test split each scanner
@@ -12,10 +12,12 @@ of the values shown, so that every row adds up as written (the card's hand-made 
 table was made so). Normal images boxed at the threshold are counted, "3 of 17", from
 ``normal_with_box_rate`` and ``normal_images``.
 
-Two summaries compare only if they measured the same images: every set both hold must
-have the same image and lesion counts (``images``, ``lesions`` and their per-class
-counts). Equal counts are necessary, not sufficient: the split CSVs themselves are not
-recorded in the summary.
+Two summaries compare only if they measured the same images: a dataset whose split CSV
+digest both record (``split_sha256`` in ``datasets``, which tools/measure_model.py
+writes) must have the same digest, and every set both hold must have the same image and
+lesion counts (``images``, ``lesions`` and their per-class counts). Summaries made before
+the digest was recorded (model v1's and v2's in docs/measurements) have the counts only:
+necessary, not sufficient.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from busdet.datasets import SPLIT_DIGEST
 from busdet.files import printable, read_text
 
 SPLITS = ("test", "val")
@@ -45,7 +48,8 @@ class SummaryError(ValueError):
 
 
 class SplitMismatchError(ValueError):
-    """Two summaries measured on different images (a set's counts differ); one line saying where."""
+    """Two summaries measured on different images (a split CSV digest or a set's counts differ);
+    one line saying where."""
 
 
 Sets = Dict[Tuple[str, str], dict]  # {(split, set): metrics}; scanner sets are "dataset: scanner"
@@ -68,6 +72,26 @@ def summary_sets(summary: dict) -> Sets:
     return sets
 
 
+def _is_digest(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def split_digests(summary: dict) -> Dict[str, str]:
+    """``{dataset: sha256 of its split CSV}`` of the datasets whose digest the summary records."""
+    return {d["name"]: d[SPLIT_DIGEST] for d in summary.get("datasets", []) if SPLIT_DIGEST in d}
+
+
+def _datasets_problem(datasets) -> Optional[str]:
+    """What makes a summary's ``datasets`` not a list of ``{"name", ..., "split_sha256"?}``, or None."""
+    if not (isinstance(datasets, list) and all(isinstance(d, dict) and isinstance(d.get("name"), str)
+                                               for d in datasets)):
+        return "'datasets' is not a list of named datasets"
+    for dataset in datasets:
+        if SPLIT_DIGEST in dataset and not _is_digest(dataset[SPLIT_DIGEST]):
+            return f"datasets {dataset['name']}: {SPLIT_DIGEST} is not a sha256"
+    return None
+
+
 def summary_problem(summary) -> Optional[str]:
     """What makes ``summary`` not a measurement summary, or None."""
     if not isinstance(summary, dict):
@@ -84,6 +108,9 @@ def summary_problem(summary) -> Optional[str]:
         return f"{SCANNERS!r} is not an object of per-scanner metrics"
     if "score_threshold" in summary and not _is_number(summary["score_threshold"]):
         return "score_threshold is not a number"
+    problem = _datasets_problem(summary.get("datasets", []))
+    if problem is not None:
+        return problem
     for (split, name), metrics in summary_sets(summary).items():
         for key, value in metrics.items():
             if _is_count(key) and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
@@ -122,7 +149,14 @@ def _split_label(part: str) -> str:
 
 
 def check_same_splits(before: dict, after: dict, names: Sequence[str]) -> None:
-    """Raises :class:`SplitMismatchError` when a set both summaries hold has other image or lesion counts."""
+    """Raises :class:`SplitMismatchError` when a dataset's split CSV digest differs (where both summaries
+    record it), or else when a set both hold has other image or lesion counts."""
+    digests_before, digests_after = split_digests(before), split_digests(after)
+    for dataset in [d for d in digests_before if d in digests_after]:
+        if digests_before[dataset] != digests_after[dataset]:
+            raise SplitMismatchError(
+                f"{names[0]} and {names[1]} were measured on different splits: {dataset}'s split CSV has sha256 "
+                f"{digests_before[dataset][:12]}... in {names[0]} and {digests_after[dataset][:12]}... in {names[1]}")
     sets_before, sets_after = summary_sets(before), summary_sets(after)
     for key in [k for k in sets_before if k in sets_after]:
         counts_before, counts_after = sets_before[key], sets_after[key]

@@ -25,11 +25,11 @@ from typing import Dict, List, Mapping, Sequence
 
 from busdet.annotations import AnnotatedImage, annotate_dataset
 from busdet.boxes import Box
-from busdet.datasets import DatasetSpec, citation_line, read_devices, read_split_csv
+from busdet.datasets import SPLIT_DIGEST, DatasetSpec, citation_line, read_devices, read_split_csv
 from busdet.evaluation import (DEFAULT_TARGET_RECALL, choose_operating_threshold, compute_evaluation,
                                write_evaluation_report)
 from busdet.images import read_image
-from busdet.inference import Detector, detect, read_model_info, run_model, write_model_info
+from busdet.inference import Detector, compute_file_digest, detect, read_model_info, run_model, write_model_info
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,13 @@ def metrics_by_group(part: SplitPredictions, groups: Mapping[str, str], score_th
     return table
 
 
+def measured_datasets(datasets: Sequence[DatasetSpec]) -> List[dict]:
+    """The summary's ``datasets``: each one's name, citation and the sha256 of its split CSV
+    (``split_sha256``): equal image and lesion counts do not prove the same split, the digest does."""
+    return [{"name": s.name, "citation": citation_line(s.name), SPLIT_DIGEST: compute_file_digest(s.split_path)}
+            for s in datasets]
+
+
 def choose_threshold(val: Mapping[str, SplitPredictions], target_recall: float, rule: str) -> tuple:
     """``(threshold or None, rule text, {dataset: its own threshold})`` on the validation splits ``val``
     (by dataset, plus ``pooled`` with several datasets) by ``rule`` (:data:`THRESHOLD_RULES`)."""
@@ -176,11 +183,13 @@ def measure_model(detector: Detector, datasets: Sequence[DatasetSpec], report_di
     Reports go to ``report_dir/<dataset>/{val,test}`` (with a gallery of the worst cases)
     and, with several datasets, ``report_dir/pooled/{val,test}``. Returns a summary:
     ``score_threshold``, ``threshold_rule``, ``val_threshold_by_dataset`` (the threshold
-    each dataset's val alone would give), ``datasets`` (names and citations), and
+    each dataset's val alone would give), ``datasets`` (names, citations and split CSV digests:
+    :func:`measured_datasets`), and
     ``val``/``test`` as ``{dataset or "pooled": metrics}``, plus ``test_by_scanner``
     ``{dataset: {scanner: metrics}}`` for datasets that name their scanners.
     """
     classes = list(detector.classes.values())
+    measured_on = measured_datasets(datasets)  # the split CSVs as they are read below, not after a long run
     parts = {spec.name: predict_split(detector, spec, progress) for spec in datasets}
     per_split = {name: {dataset: parts[dataset][name] for dataset in parts} for name in SPLITS}
     if len(datasets) > 1:
@@ -192,7 +201,7 @@ def measure_model(detector: Detector, datasets: Sequence[DatasetSpec], report_di
         threshold = detector.score_threshold
     summary = {"threshold_rule": rule_text, "score_threshold": stored_threshold(threshold),
                "val_threshold_by_dataset": {name: None if t is None else stored_threshold(t) for name, t in own.items()},
-               "datasets": [{"name": s.name, "citation": citation_line(s.name)} for s in datasets]}
+               "datasets": measured_on}
     folders = {spec.name: spec.path for spec in datasets}
     for name in SPLITS:
         summary[name] = {}

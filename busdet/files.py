@@ -1,6 +1,7 @@
 """Writing files: atomically, as CSV or JSON, under safe names, into folders checked first.
 
     with atomic_write(path, "w") as stream: ...     # the old file or the whole new one, never half
+    with atomic_path(path) as temp: ...             # the same for a writer that wants a file name
     write_csv(frame, path)                          # the one CSV form: UTF-8, "\\n", no index
     read_csv(path)                                  # its inverse: every cell as text, as written
     write_json(data, path)                          # indented UTF-8 JSON, NaN refused
@@ -91,6 +92,34 @@ def atomic_write(path: PathLike, mode: str = "wb", overwrite: bool = True) -> It
         if temp_name is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp_name)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """A new temporary file beside ``path``, for a writer that takes a file name rather than a
+    stream (TensorFlow's ``TFRecordWriter``); moved onto ``path`` when the block ends, removed
+    when it raises.
+
+    The temporary name is unique (created exclusively), so two processes writing ``path`` at
+    once never write into one file: each moves its own whole file into place. The file gets
+    0666 minus the umask, as a plain ``open()`` would give.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name = _temp_name(path)
+    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield Path(name)
+        descriptor = os.open(name, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
         raise
 
 

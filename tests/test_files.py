@@ -50,6 +50,24 @@ def test_atomic_write_leaves_nothing_when_there_was_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_atomic_path_gives_each_writer_its_own_file_and_removes_it_on_failure(tmp_path):
+    from busdet.files import atomic_path
+
+    path = tmp_path / "val.tfrecord"
+    with atomic_path(path) as first, atomic_path(path) as second:  # two builds of one file at once
+        assert first != second and first.parent == second.parent == tmp_path
+        first.write_bytes(b"first build")
+        second.write_bytes(b"second build")
+        assert not path.exists()
+    assert path.read_bytes() == b"first build"  # each moved its own whole file; the last one stays
+    assert [p.name for p in tmp_path.iterdir()] == ["val.tfrecord"]
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as temp:
+            temp.write_bytes(b"half")
+            raise RuntimeError("reading an image failed")
+    assert path.read_bytes() == b"first build" and [p.name for p in tmp_path.iterdir()] == ["val.tfrecord"]
+
+
 def test_atomic_write_refuses_to_overwrite_when_asked(tmp_path):
     path = saved(tmp_path, "out.csv", b"keep\n")
     with pytest.raises(FileExistsError, match="out.csv"):

@@ -90,6 +90,53 @@ def test_records_are_written_per_source_with_dataset_source_ids(tmp_path, label_
     assert not list((tmp_path / "rec").glob("*.tmp"))
 
 
+def test_two_builds_of_one_dataset_at_once_write_their_own_files(tmp_path, label_map_path):
+    """Two trainings building the same records together: each writes its own temporary files (never one
+    shared name) and moves whole files into place; a build that fails leaves no temporary file."""
+    import os
+    import threading
+
+    from busdet.annotations import annotate_dataset
+    from busdet.images import ImageReadError
+    from busdet.label_map import load_label_map
+
+    write_phantom_dataset(tmp_path / "ds", 2, seed=3)
+    classes = load_label_map(label_map_path)
+    images, _ = annotate_dataset(tmp_path / "ds", list(classes.values()))
+    split = {i.filename: "val" if i.filename.endswith("(1).png") else "train" for i in images}
+    both_writing = threading.Barrier(2, timeout=60)
+
+    def in_step(items):  # both builds have their files open before either ends, then end together
+        for position, item in enumerate(items):
+            if position == 1:
+                both_writing.wait()
+            yield item
+        both_writing.wait()
+
+    counts, errors = [], []
+
+    def build():
+        try:
+            counts.append(data.write_tfrecords(images, split, classes, tmp_path / "rec", progress=in_step))
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == [] and len(counts) == 2 and counts[0] == counts[1]
+    assert sorted(os.listdir(tmp_path / "rec")) == sorted(f"{stem}.tfrecord" for stem in counts[0])
+    for stem, count in counts[0].items():
+        assert sum(1 for _ in tf.data.TFRecordDataset(str(tmp_path / "rec" / f"{stem}.tfrecord"))) == count
+
+    broken = [*images[:2], AnnotatedImage("gone.png", tmp_path / "gone.png", "benign", 10, 10)]
+    with pytest.raises(ImageReadError):
+        data.write_tfrecords(broken, {i.filename: "train" for i in broken}, classes, tmp_path / "failed")
+    assert os.listdir(tmp_path / "failed") == []
+
+
 COUNTS = {"busi": {"train_benign": 260, "train_malignant": 124, "train_normal": 79,
                    "train_background": 200, "val": 100},
           "busbra": {"train_benign": 730, "train_malignant": 365, "train_background": 300, "val": 235}}

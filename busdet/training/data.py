@@ -19,6 +19,7 @@ model learns to stay silent on them. ``image/source_id`` is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -30,7 +31,7 @@ from official.vision.data import tf_example_builder
 
 from busdet.annotations import AnnotatedImage
 from busdet.boxes import Box
-from busdet.files import write_csv
+from busdet.files import atomic_path, write_csv
 from busdet.images import read_image
 from busdet.label_map import name_to_id
 
@@ -141,26 +142,27 @@ def write_tfrecords(images: Sequence[AnnotatedImage], split: Dict[str, str], cla
     source_ids = {image.filename: dataset_index * SOURCE_ID_STRIDE + k + 1 for k, image in enumerate(ordered)}
     writers: Dict[str, tf.io.TFRecordWriter] = {}
     counts: Dict[str, int] = {}
+    # Each file is written under a temporary name of its own and moved into place at the end
+    # (removed on failure), so two trainings building one dataset at once never share a file.
+    with contextlib.ExitStack() as outputs:
 
-    def write(stem: str, example: tf.train.Example) -> None:
-        if stem not in writers:
-            writers[stem] = tf.io.TFRecordWriter(str(output_dir / f"{stem}.tfrecord.tmp"))
-            counts[stem] = 0
-        writers[stem].write(example.SerializeToString())
-        counts[stem] += 1
+        def write(stem: str, example: tf.train.Example) -> None:
+            if stem not in writers:
+                temp = outputs.enter_context(atomic_path(output_dir / f"{stem}.tfrecord"))
+                writers[stem] = outputs.enter_context(tf.io.TFRecordWriter(str(temp)))
+                counts[stem] = 0
+            writers[stem].write(example.SerializeToString())
+            counts[stem] += 1
 
-    # Shuffled once so that a source read in file order is not sorted by name.
-    order = np.random.default_rng(0).permutation(len(ordered))
-    for image in progress([ordered[k] for k in order if split.get(ordered[k].filename) in SPLITS]):
-        name = split[image.filename]
-        pixels = read_image(image.path)
-        stem = f"train_{image.label}" if name == "train" else name  # a training source per class folder
-        write(stem, build_tf_example(pixels, image.boxes, source_ids[image.filename], class_ids))
-        if name == "train" and background_crops and image.boxes:
-            crop = lesion_free_crop(pixels, image.boxes)
-            if crop is not None:
-                write(f"train_{BACKGROUND_SOURCE}", build_tf_example(crop, [], 0, class_ids))
-    for stem, writer in writers.items():
-        writer.close()
-        (output_dir / f"{stem}.tfrecord.tmp").replace(output_dir / f"{stem}.tfrecord")
+        # Shuffled once so that a source read in file order is not sorted by name.
+        order = np.random.default_rng(0).permutation(len(ordered))
+        for image in progress([ordered[k] for k in order if split.get(ordered[k].filename) in SPLITS]):
+            name = split[image.filename]
+            pixels = read_image(image.path)
+            stem = f"train_{image.label}" if name == "train" else name  # a training source per class folder
+            write(stem, build_tf_example(pixels, image.boxes, source_ids[image.filename], class_ids))
+            if name == "train" and background_crops and image.boxes:
+                crop = lesion_free_crop(pixels, image.boxes)
+                if crop is not None:
+                    write(f"train_{BACKGROUND_SOURCE}", build_tf_example(crop, [], 0, class_ids))
     return counts

@@ -66,6 +66,12 @@ from busdet import cli  # noqa: E402
 from busdet.inference import (DEFAULT_SCORE_THRESHOLD, RUNTIMES, ModelLoadError, describe_runtime,  # noqa: E402
                               load_detector)
 
+# The shipped model and label map beside this script, so that it runs from any working folder
+# (--input and --output stay relative to the working folder).
+HERE = Path(__file__).resolve().parent
+DEFAULT_MODEL = HERE / "saved_model"
+DEFAULT_LABEL_MAP = HERE / "label_map.pbtxt"
+
 EPILOG = """exit status:
   0    every image was processed
   1    some images could not be read or written (their rows in images.csv say why),
@@ -133,11 +139,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "This only checks that the model is the one you expect")
     parser.add_argument("--height", type=int, default=640,
                         help="the model's input height in pixels (default: %(default)s), see --width")
-    parser.add_argument("--model", type=Path, default=Path("saved_model"),
-                        help="exported SavedModel folder (default: %(default)s)")
-    parser.add_argument("--label", "--label-map", dest="label_map", type=Path, default=Path("label_map.pbtxt"),
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                        help="exported SavedModel folder (default: saved_model beside predict.py, %(default)s)")
+    parser.add_argument("--label", "--label-map", dest="label_map", type=Path, default=DEFAULT_LABEL_MAP,
                         help="label map naming the classes; must match the classes recorded in the model's "
-                             "model_info.json (default: %(default)s)")
+                             "model_info.json (default: label_map.pbtxt beside predict.py, %(default)s)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
                         help="what runs the model: onnx (ONNX Runtime on --model's model.onnx, no TensorFlow), "
                              "onnx-int8 (its int8 version model_int8.onnx, made by tools/quantize_model.py), "

@@ -529,18 +529,29 @@ def write_tables(result: BatchResult, replace: bool = False) -> None:
     write_csv(images_table(result.results), images_path, overwrite=overwrite)
 
 
+def format_throughput(result: BatchResult) -> str:
+    """Images/s of this run, counting only the images it produced a result for (an error row
+    costs next to nothing, so counting it would flatter the rate); none: said instead of a rate."""
+    produced = sum(1 for r in result.results if r.ok) - len(result.plan.done)  # the kept ones are ok rows
+    failed = len(result.results) - len(result.plan.done) - produced
+    if produced == 0:
+        tried = f"no image gave a result ({failed} failed in {result.elapsed:.1f} s)" if failed else "no image was run"
+        return f"no images/s figure: {tried}"
+    rate = produced / result.elapsed if result.elapsed > 0 else 0.0
+    not_counted = f"; the {failed} failed not counted" if failed else ""
+    return f"{rate:.1f} images/s overall ({produced} with a result in {result.elapsed:.1f} s{not_counted})"
+
+
 def format_summary(result: BatchResult, load_seconds: float) -> str:
     """The end-of-run report: load time, counts, median model latency, throughput."""
     plan, count = result.plan, len(result.results)
     latencies = [r.seconds for r in result.results if r.seconds is not None]
     median = f"{statistics.median(latencies) * 1000:.0f} ms" if latencies else "-"
-    new = count - len(plan.done)
-    rate = new / result.elapsed if result.elapsed > 0 else 0.0
     lines = [
         f"model loaded in {load_seconds:.1f} s",
         f"{count} images processed, {len(result.failures)} failed, "
         f"{len(plan.skipped)} other files passed over (named above)",
-        f"median inference {median}/image; {rate:.1f} images/s overall ({new} in {result.elapsed:.1f} s)",
+        f"median inference {median}/image; {format_throughput(result)}",
         f"{result.box_count} boxes -> {plan.tables[0]}; one row per image -> {plan.tables[1]}",
     ]
     loops = [r for r in result.results if r.frames]

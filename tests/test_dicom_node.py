@@ -220,3 +220,15 @@ def test_a_port_in_use_is_named(tmp_path, node):
                                                     tmp_path / "other"))
     with pytest.raises(NodeSetupError, match=f"cannot listen on 127.0.0.1:{node.settings.port}"):
         other.start()
+
+
+def test_the_tool_defaults_to_the_checkouts_model_from_any_working_folder():
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("dicom_node_tool", root / "tools" / "dicom_node.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    args = tool.get_args_parser().parse_args(["--send-to", "PACS@127.0.0.1:104"])
+    assert (args.model, args.label_map) == (root / "saved_model", root / "label_map.pbtxt")
+    assert args.queue == Path("dicom_node_queue")  # its own files stay in the working folder

@@ -435,12 +435,46 @@ def test_bad_arguments_exit_2(tmp_path, monkeypatch, capsys):
 
 def test_defaults_are_the_seeds_command_and_help_explains_the_statuses():
     args = predict.get_args_parser().parse_args([])
-    assert (args.input, args.output, args.width, args.height, args.model, args.label_map) == (
-        Path("input"), Path("output"), 640, 640, Path("saved_model"), Path("label_map.pbtxt"))
+    assert (args.input, args.output, args.width, args.height) == (Path("input"), Path("output"), 640, 640)
+    # The shipped model beside predict.py, wherever it is run from; input and output stay where the user is.
+    assert (args.model, args.label_map) == (ROOT / "saved_model", ROOT / "label_map.pbtxt")
     assert args.score_threshold is None and not args.recursive and not args.overwrite
     help_text = predict.get_args_parser().format_help()
     for status in ["0 ", "1 ", "2 ", "130"]:
         assert f"\n  {status}" in help_text
+
+
+def test_run_from_another_folder_finds_the_shipped_model(tmp_path):
+    """``python /path/to/predict.py --input in --output out`` in a folder of one's own: the model and label map
+    are the ones beside predict.py, the folders are the working folder's (ONNX Runtime: no TensorFlow to load)."""
+    import subprocess
+    import sys
+
+    save(tmp_path / "in" / "scan.png", generate_phantom(0, "malignant", width=256, height=192).image)
+    done = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--input", "in", "--output", "out",
+                           "--runtime", "onnx"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"({ROOT / 'saved_model' / 'model.onnx'})" in done.stderr
+    assert read_tables(tmp_path / "out")[1]["status"].tolist() == ["ok"]
+    assert (tmp_path / "out" / "scan.png").is_file()
+
+
+def summary_line(stderr: str) -> str:
+    return next(line for line in stderr.splitlines() if line.startswith("median inference"))
+
+
+def test_the_rate_counts_only_images_with_a_result_and_none_says_so(tmp_path, monkeypatch, capsys):
+    (tmp_path / "in").mkdir()
+    for name in ["a.png", "b.png"]:
+        (tmp_path / "in" / name).write_text("not an image")
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out") == 1
+    assert summary_line(capsys.readouterr().err).startswith(
+        "median inference -/image; no images/s figure: no image gave a result (2 failed in ")
+    save(tmp_path / "in" / "c.png", gray_ramp())
+    assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "in", "--output", tmp_path / "out",
+                   "--overwrite") == 1
+    line = summary_line(capsys.readouterr().err)
+    assert " images/s overall (1 with a result in " in line and line.endswith("; the 2 failed not counted)")
 
 
 # --- the real model ----------------------------------------------------------

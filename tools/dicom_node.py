@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from busdet.cli import run_command  # noqa: E402
 from busdet.dicom_node import Destination, DicomNode, NodeSettings, NodeSetupError  # noqa: E402
 from busdet.inference import RUNTIMES, ModelLoadError, describe_runtime, load_detector  # noqa: E402
-from predict import frame_choice, score  # noqa: E402  the same knobs, spelt the same way
+from predict import DEFAULT_LABEL_MAP, DEFAULT_MODEL, frame_choice, score  # noqa: E402  the same knobs and defaults
 
 EPILOG = """exit status:
   0    stopped by Ctrl-C or SIGTERM (queued work stays in --queue)
@@ -61,8 +61,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="pause after a failed send, doubled after each further failure (default: %(default)s)")
     parser.add_argument("--max-retry-seconds", type=float, default=60.0,
                         help="longest pause between tries (default: %(default)s)")
-    parser.add_argument("--model", type=Path, default=Path("saved_model"), help="SavedModel folder")
-    parser.add_argument("--label", "--label-map", dest="label_map", type=Path, default=Path("label_map.pbtxt"))
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                        help="SavedModel folder (default: the checkout's saved_model, %(default)s)")
+    parser.add_argument("--label", "--label-map", dest="label_map", type=Path, default=DEFAULT_LABEL_MAP,
+                        help="label map (default: the checkout's label_map.pbtxt, %(default)s)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="as predict.py's --runtime")
     return parser
 

@@ -14,7 +14,9 @@ Command line: ``python tools/mask_to_bbox.py --input DATASET_DIR --output annota
 from __future__ import annotations
 
 import logging
+import os
 import re
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -25,15 +27,16 @@ import pandas as pd
 from PIL import Image
 
 from busdet.boxes import Box, box_from_xywh, box_to_pixel_xywh, box_to_xywh
-from busdet.files import is_regular_file
-from busdet.images import IMAGE_EXTENSIONS, ImageReadError, read_image
+from busdet.files import OutputError
+from busdet.images import IMAGE_EXTENSIONS, ImageReadError, open_input, read_image
 
 log = logging.getLogger(__name__)
 
 ANNOTATION_COLUMNS = ["filename", "xmin", "ymin", "width", "height", "label"]
 DEFAULT_MIN_AREA = 50
 DEFAULT_NEGATIVE_CLASS = "normal"
-_MASK_STEM = re.compile(r"^(?P<name>.+)_mask(?:_(?P<index>\d+))?$")
+# NAME_mask or NAME_mask_K (fullmatch); a NAME may hold any character, a line break too (DOTALL).
+_MASK_STEM = re.compile(r"(?P<name>.+)_mask(?:_(?P<index>[0-9]+))?", re.DOTALL)
 
 
 @dataclass
@@ -81,11 +84,13 @@ class Case:
 
 
 def find_cases(dataset_dir: Path) -> Tuple[List[Case], List[Problem]]:
-    """Pairs every image in ``dataset_dir/CLASS/`` with its ``_mask*`` files.
+    """Pairs every image in ``dataset_dir/CLASS/`` with its ``_mask*`` files (:func:`separate_masks`).
 
     Returns the cases in a stable order (class, then file name) and the problems
-    found on the way (masks without an image; numbered masks without the first one,
-    a warning: the case is still converted).
+    found on the way (masks without an image; two images whose masks cannot be told
+    apart; numbered masks without the first one, a warning: the case is still converted).
+    Files are only listed here: one that cannot be read (a broken link, a named pipe)
+    is named when its case is read (:func:`annotate_case`).
 
     Raises:
       FileNotFoundError: ``dataset_dir`` is not a folder.
@@ -96,35 +101,80 @@ def find_cases(dataset_dir: Path) -> Tuple[List[Case], List[Problem]]:
         raise FileNotFoundError(f"{dataset_dir}: not a folder")
     cases, problems = [], []
     for class_dir in sorted(p for p in dataset_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images: Dict[str, Path] = {}
-        masks: Dict[str, List[Tuple[int, Path]]] = {}
-        for path in sorted(class_dir.iterdir()):
-            if path.suffix.lower() not in IMAGE_EXTENSIONS or path.is_dir():
-                continue
-            if not is_regular_file(path):  # a named pipe would block the reader
-                problems.append(Problem(path, "not a regular file (a named pipe, device or socket); not read"))
-                continue
-            match = _MASK_STEM.match(path.stem)
-            if match:
-                masks.setdefault(match["name"], []).append((int(match["index"] or 0), path))
-            else:
-                images[path.stem] = path
-        for stem, mask_list in masks.items():
-            if stem not in images:
-                problems.extend(Problem(p, "mask without a matching image") for _, p in mask_list)
-        for stem, image_path in images.items():
-            indexed = sorted(masks.get(stem, []))
-            if indexed and indexed[0][0] != 0:
-                # BUSI numbers extra masks from _1: without NAME_mask the lesion it
-                # outlined may be missing from the boxes. Convert what is there, but say so.
-                problems.append(Problem(image_path, f"has {indexed[0][1].name} but no {stem}_mask"
-                                        f"{indexed[0][1].suffix}; boxes come from the masks present",
-                                        skipped=False))
-            mask_paths = tuple(p for _, p in indexed)
-            cases.append(Case(class_dir.name, image_path, mask_paths))
+        folder_cases, folder_problems = _folder_cases(class_dir)
+        cases.extend(folder_cases)
+        problems.extend(folder_problems)
     if not cases:
         raise ValueError(_layout_hint(dataset_dir))
     return cases, problems
+
+
+def separate_masks(paths: Iterable[Path]) -> Tuple[List[Path], Dict[str, List[Tuple[int, Path]]], List[Path]]:
+    """Sorts the image files of one folder into images and masks, by BUSI's names.
+
+    ``NAME_mask.png``, ``NAME_mask_1.png``, ... is a mask only when the image
+    ``NAME.png`` (any image extension) is in the same folder; otherwise it is an image
+    itself (an ultrasound may be called ``x_mask.png``, with masks ``x_mask_mask.png``),
+    unless ``NAME`` looks like a mask in turn (``a_mask_mask.png`` with neither
+    ``a_mask.png`` nor ``a.png``): a mask whose image is missing.
+
+    Returns:
+      ``(images, masks, orphans)``: the images sorted by name; ``{image stem: [(index,
+      path)]}`` of their masks sorted by index (0 for ``_mask``, k for ``_mask_k``); the
+      masks without an image.
+    """
+    images: Dict[str, Path] = {}
+    masks: Dict[str, List[Tuple[int, Path]]] = {}
+    orphans, clashing = [], []
+    for path in sorted(paths, key=lambda p: (len(p.stem), p.name)):  # NAME is decided before NAME_mask
+        match = _MASK_STEM.fullmatch(path.stem)
+        if match and match["name"] in images:
+            masks.setdefault(match["name"], []).append((int(match["index"] or 0), path))
+        elif match and _MASK_STEM.fullmatch(match["name"]):
+            orphans.append(path)
+        elif path.stem in images:
+            clashing.append(path)  # a.png beside a.jpg: both images
+        else:
+            images[path.stem] = path
+    return (sorted([*images.values(), *clashing], key=lambda p: p.name),
+            {stem: sorted(found) for stem, found in masks.items()}, sorted(orphans))
+
+
+def _folder_cases(class_dir: Path) -> Tuple[List[Case], List[Problem]]:
+    """The cases of one class folder and the problems of its files (see :func:`find_cases`)."""
+    paths = [p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()]
+    images, masks, orphans = separate_masks(paths)
+    problems = [Problem(p, "mask without a matching image") for p in orphans]
+    cases, stems = [], Counter(p.stem for p in images)
+    for image_path in images:
+        stem = image_path.stem
+        if stems[stem] > 1:  # a.png beside a.jpg: which one a_mask.png outlines cannot be told
+            twin = next(p.name for p in images if p.stem == stem and p != image_path)
+            problems.append(Problem(image_path, f"{twin} has the same name but for the extension, so "
+                                                "their masks cannot be told apart; rename one"))
+            continue
+        indexed = masks.get(stem, [])
+        if indexed and indexed[0][0] != 0:
+            # BUSI numbers extra masks from _1: without NAME_mask the lesion it
+            # outlined may be missing from the boxes. Convert what is there, but say so.
+            problems.append(Problem(image_path, f"has {indexed[0][1].name} but no {stem}_mask"
+                                    f"{indexed[0][1].suffix}; boxes come from the masks present",
+                                    skipped=False))
+        cases.append(Case(class_dir.name, image_path, tuple(p for _, p in indexed)))
+    return cases, problems
+
+
+def check_output_outside_dataset(output: Path, dataset_dir: Path) -> None:
+    """Refuses an output file (links resolved) in ``dataset_dir``'s tree with an image name: it would
+    replace an image or a mask, or be read as one by the next run. Other names there are fine.
+
+    Raises:
+      OutputError: naming the file and what to do.
+    """
+    real, source = Path(os.path.realpath(output)), Path(os.path.realpath(dataset_dir))
+    if real.suffix.lower() in IMAGE_EXTENSIONS and source in real.parents:
+        raise OutputError(f"{output}: an image name inside the dataset folder {dataset_dir}: writing it would "
+                          "replace an image or mask, or add one; name a .csv or .json file")
 
 
 def _layout_hint(dataset_dir: Path) -> str:
@@ -142,13 +192,21 @@ def read_mask(path: Path) -> np.ndarray:
 
     Handles 0/255 and 0/1 grayscale, mode "1", palette, RGB and RGBA masks: a pixel
     is lesion when its brightest colour channel is above half the mask's maximum.
+
+    Raises:
+      ImageReadError: the file cannot be opened (a broken link, a named pipe, empty: see
+        :func:`busdet.images.open_input`) or decoded.
     """
     try:
-        with Image.open(path) as image:
+        with open_input(path) as stream, Image.open(stream) as image:
             image.load()
             if image.mode == "P":
                 image = image.convert("RGBA" if "transparency" in image.info else "RGB")
             pixels = np.asarray(image)
+    except ImageReadError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(str(path), "mask is not a recognised image format") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageReadError(str(path), f"cannot decode mask ({error})") from None
     if pixels.ndim == 3:
@@ -191,11 +249,11 @@ def annotate_case(case: Case, min_area: int = DEFAULT_MIN_AREA) -> AnnotatedImag
     """Reads one case and turns its masks into boxes.
 
     Raises:
-      ValueError: no mask, unreadable image or mask, or a mask of another size.
+      ValueError: unreadable image or mask, no mask, or a mask of another size.
     """
-    if not case.mask_paths:
-        raise ValueError(f"{case.image_path}: no mask file (expected {case.image_path.stem}_mask.png)")
     height, width = read_image(case.image_path).shape[:2]
+    if not case.mask_paths:
+        raise ValueError(f"{case.image_path}: {_no_mask_reason(case.image_path)}")
     boxes: List[Box] = []
     for mask_path in case.mask_paths:
         mask = read_mask(mask_path)
@@ -204,6 +262,15 @@ def annotate_case(case: Case, min_area: int = DEFAULT_MIN_AREA) -> AnnotatedImag
                              f"but its image is {width}x{height}")
         boxes.extend(boxes_from_mask(mask, case.label, min_area))
     return AnnotatedImage(case.image_path.name, case.image_path, case.label, width, height, boxes)
+
+
+def _no_mask_reason(image_path: Path) -> str:
+    """Why an image has no case: no mask file; for ``x_mask.png``, also that it may be ``x.png``'s mask."""
+    reason = f"no mask file (expected {image_path.stem}_mask.png)"
+    match = _MASK_STEM.fullmatch(image_path.stem)
+    if match:
+        reason += f"; or, if it is itself a mask, its image {match['name']}.png is not in the folder"
+    return reason
 
 
 def annotate_dataset(dataset_dir: Path, class_names: Sequence[str],
@@ -307,9 +374,13 @@ def annotations_to_coco(images: Sequence[AnnotatedImage], classes: Dict[int, str
 
 
 def index_images(dataset_dir: Path) -> Dict[str, Path]:
-    """``{file name: path}`` of every non-mask image under ``dataset_dir`` (recursive)."""
+    """``{file name: path}`` of every image under ``dataset_dir`` (recursive), masks left out by
+    :func:`separate_masks` folder by folder; of two images of one name, the first in path order."""
+    by_folder: Dict[Path, List[Path]] = defaultdict(list)
+    for path in Path(dataset_dir).rglob("*"):
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            by_folder[path.parent].append(path)
     index = {}
-    for path in sorted(Path(dataset_dir).rglob("*")):
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not _MASK_STEM.match(path.stem):
-            index.setdefault(path.name, path)
+    for path in sorted(image for paths in by_folder.values() for image in separate_masks(paths)[0]):
+        index.setdefault(path.name, path)
     return index

@@ -48,8 +48,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from busdet.dicom_out import DicomOutError, dicom_result_paths, read_source, write_dicom_results
 from busdet.downloads import annotated_frames, annotated_image
 from busdet.cli import Terminated, signals_deferred
-from busdet.files import (FolderLockedError, OutputError, check_writable_folder, folder_lock, is_regular_file,
-                          printable, read_text, write_csv, write_json)
+from busdet.files import (FolderLockedError, OutputError, check_writable_folder, folder_lock, folder_problem,
+                          printable, read_text, unreadable_reason, write_csv, write_json)
 from busdet.images import IMAGE_EXTENSIONS, Scan, is_image_file, write_image, write_video
 from busdet.inference import Detector, compute_saved_model_digest
 from busdet.results import FrameChoice, ImageResult, analyse_image
@@ -212,8 +212,9 @@ def skip_reason(path: Path, output_dir: Optional[Path] = None, input_dir: Option
         return "a link into the output folder; outputs are never read as inputs"
     if path.is_dir():
         return "a folder already read through another link; not read twice"
-    if path.exists() and not is_regular_file(path):
-        return "not a regular file (a named pipe, device or socket); not read"
+    unreadable = unreadable_reason(path)  # a broken link, a link loop, a named pipe, ...
+    if unreadable is not None:
+        return unreadable
     return f"not an image file ({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}) nor DICOM"
 
 
@@ -247,7 +248,7 @@ def find_output_conflicts(plan: BatchPlan) -> Dict[int, str]:
 def check_output_location(input_dir: Path, output_dir: Path) -> None:
     """Refuses an output folder that is the input folder or inside it (inputs are never touched),
     or one where files cannot be created."""
-    source, target = input_dir.resolve(), output_dir.resolve()
+    source, target = Path(os.path.realpath(input_dir)), Path(os.path.realpath(output_dir))  # a link loop: as is
     if target == source or source in target.parents:
         raise BatchSetupError(f"{output_dir}: output folder is inside the input folder {input_dir}; "
                               "choose a folder outside it")
@@ -296,7 +297,7 @@ def plan_batch(input_dir: Path, output_dir: Path, recursive: bool = False, overw
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
-        raise BatchSetupError(f"{input_dir}: input folder not found (expected a folder of images)")
+        raise BatchSetupError(f"{input_dir}: {folder_problem(input_dir)}; expected a folder of images")
     check_output_location(input_dir, output_dir)
     if dicom_out is not None:
         check_output_location(input_dir, Path(dicom_out))

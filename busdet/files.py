@@ -7,6 +7,7 @@
     write_json(data, path)                          # indented UTF-8 JSON, NaN refused
     check_writable_folder(output_dir)               # before any work: can files be created there?
     with open_regular(path) as stream: ...          # reading never blocks on a pipe or a device
+    unreadable_reason(path)                         # "broken link (...)", "link loop (...)", ... or None
     with folder_lock(output_dir): ...               # one run per output folder at a time
     printable(name)                                 # a file name fit for a one-line message
 
@@ -281,6 +282,47 @@ def is_regular_file(path: PathLike) -> bool:
         return False
 
 
+NOT_REGULAR_REASON = "not a regular file (a named pipe, device or socket); not read"
+BROKEN_LINK_REASON = "broken link (its target does not exist)"
+LINK_LOOP_REASON = "link loop (its links lead back to themselves)"
+NOT_FOUND_REASON = "file not found"
+FOLDER_REASON = "a folder, not a file"
+
+
+def unreadable_reason(path: PathLike) -> Optional[str]:
+    """Why ``path`` cannot be read as a file, in words for one line; None for a readable regular
+    file (or a link to one).
+
+    The reasons: :data:`BROKEN_LINK_REASON` (a link whose target is missing),
+    :data:`LINK_LOOP_REASON`, :data:`NOT_FOUND_REASON`, :data:`FOLDER_REASON`,
+    :data:`NOT_REGULAR_REASON` (a named pipe, a device, a socket), ``"no permission to read it"``,
+    else ``"cannot open (why)"``. Only ``stat`` is called: nothing is opened, nothing blocks.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return LINK_LOOP_REASON
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            return BROKEN_LINK_REASON if os.path.islink(path) else NOT_FOUND_REASON
+        return f"cannot open ({error.strerror or error})"
+    if stat.S_ISDIR(mode):
+        return FOLDER_REASON
+    if not stat.S_ISREG(mode):
+        return NOT_REGULAR_REASON
+    return None if os.access(path, os.R_OK) else "no permission to read it"
+
+
+def folder_problem(path: PathLike) -> Optional[str]:
+    """Why ``path`` cannot be read as a folder, for one line; None for a folder (or a link to one).
+
+    ``"folder not found"``, ``"a file, not a folder"``, or :func:`unreadable_reason`'s words
+    for a broken link, a link loop, a named pipe, ...
+    """
+    reason = unreadable_reason(path)
+    return {FOLDER_REASON: None, None: "a file, not a folder", NOT_FOUND_REASON: "folder not found"}.get(reason, reason)
+
+
 LOCK_FILE = ".busdet.lock"
 
 
@@ -359,7 +401,10 @@ def check_writable_folder(folder: PathLike) -> None:
       OutputError: naming the folder and why nothing can be written there.
     """
     folder = Path(folder)
-    existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
+    existing = next(p for p in [folder, *folder.absolute().parents] if os.path.lexists(p))
+    link_problem = unreadable_reason(existing)
+    if link_problem in (BROKEN_LINK_REASON, LINK_LOOP_REASON):  # nothing can be created through it
+        raise OutputError(f"{existing}: {link_problem}")
     if not existing.is_dir():
         raise OutputError(f"{existing}: exists and is not a folder")
     try:

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from busdet.files import NotRegularFileError, atomic_write, open_regular
+from busdet.files import atomic_write, open_regular, unreadable_reason
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -142,16 +142,14 @@ def open_input(path: Union[str, Path]) -> Iterator:
     """Opens an input file for binary reading; never blocks (:func:`busdet.files.open_regular`).
 
     Raises:
-      ImageReadError: not found, not a regular file (a named pipe, a device), empty, or unreadable.
+      ImageReadError: not found, a broken link or a link loop, not a regular file (a named pipe,
+        a device), empty, or unreadable (the reason from :func:`busdet.files.unreadable_reason`).
     """
     try:
         stream = open_regular(path)
-    except NotRegularFileError:
-        raise ImageReadError(str(path), "not a regular file (a named pipe, device or socket); not read") from None
-    except FileNotFoundError:
-        raise ImageReadError(str(path), "file not found") from None
     except OSError as error:
-        raise ImageReadError(str(path), f"cannot open ({error.strerror or error})") from None
+        reason = unreadable_reason(path) or f"cannot open ({error.strerror or error})"
+        raise ImageReadError(str(path), reason) from None
     with stream:
         if os.fstat(stream.fileno()).st_size == 0:
             raise ImageReadError(str(path), "file is empty")

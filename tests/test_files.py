@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -195,6 +196,43 @@ def test_open_regular_refuses_a_named_pipe_without_blocking(tmp_path):
     assert not is_regular_file(tmp_path / "pipe.png") and not is_regular_file(tmp_path)
     with open_regular(saved(tmp_path, "a.bin", b"abc")) as stream:
         assert stream.read() == b"abc"
+
+
+def test_unreadable_reason_names_broken_links_loops_and_special_files(tmp_path):
+    from busdet.files import BROKEN_LINK_REASON, LINK_LOOP_REASON, NOT_REGULAR_REASON, unreadable_reason
+
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "chain.png").symlink_to(tmp_path / "dangling.png")  # a link to a broken link
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    (tmp_path / "self.png").symlink_to(tmp_path / "self.png")
+    (tmp_path / "link.png").symlink_to(saved(tmp_path, "real.png", b"x"))
+    os.mkfifo(tmp_path / "pipe.png")
+    assert BROKEN_LINK_REASON == "broken link (its target does not exist)"
+    assert unreadable_reason(tmp_path / "dangling.png") == unreadable_reason(tmp_path / "chain.png") \
+        == BROKEN_LINK_REASON
+    assert LINK_LOOP_REASON.startswith("link loop")
+    assert unreadable_reason(tmp_path / "a.png") == unreadable_reason(tmp_path / "self.png") == LINK_LOOP_REASON
+    assert unreadable_reason(tmp_path / "pipe.png") == NOT_REGULAR_REASON
+    assert unreadable_reason(tmp_path / "gone.png") == "file not found"
+    assert unreadable_reason(tmp_path) == "a folder, not a file"
+    assert unreadable_reason(tmp_path / "real.png") is None and unreadable_reason(tmp_path / "link.png") is None
+
+
+def test_folder_problem_and_the_output_check_name_a_folder_link_that_leads_nowhere(tmp_path):
+    from busdet.files import BROKEN_LINK_REASON, LINK_LOOP_REASON, folder_problem
+
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "linked").symlink_to(tmp_path, target_is_directory=True)
+    assert folder_problem(tmp_path) is None and folder_problem(tmp_path / "linked") is None
+    assert folder_problem(tmp_path / "gone") == "folder not found"
+    assert folder_problem(saved(tmp_path, "a.png", b"x")) == "a file, not a folder"
+    assert folder_problem(tmp_path / "dangling") == BROKEN_LINK_REASON
+    assert folder_problem(tmp_path / "loop") == LINK_LOOP_REASON
+    for folder, reason in [(tmp_path / "dangling" / "sub", BROKEN_LINK_REASON), (tmp_path / "loop", LINK_LOOP_REASON)]:
+        with pytest.raises(OutputError, match=rf"^{tmp_path}/(dangling|loop): {re.escape(reason)}$"):
+            check_writable_folder(folder)
 
 
 def test_folder_lock_refuses_a_second_holder_and_cleans_up(tmp_path):

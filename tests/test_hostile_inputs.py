@@ -155,6 +155,63 @@ def test_named_pipe_gets_a_not_a_regular_file_row_and_never_blocks(tmp_path, mon
                for m in caplog.messages)
 
 
+def test_broken_links_and_link_loops_are_named_as_such(tmp_path, monkeypatch, caplog):
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    (tmp_path / "in" / "gone.png").symlink_to(tmp_path / "elsewhere" / "gone.png")  # dangling
+    (tmp_path / "in" / "a.png").symlink_to(tmp_path / "in" / "b.png")  # a loop of two
+    (tmp_path / "in" / "b.png").symlink_to(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "gone").symlink_to(tmp_path / "elsewhere" / "gone")  # no image name: passed over
+    (tmp_path / "in" / "loop").symlink_to(tmp_path / "in" / "loop")
+    assert run(monkeypatch, tmp_path / "in", tmp_path / "out") == 1
+    rows = files.read_csv(tmp_path / "out" / "images.csv").set_index("filename")
+    assert rows.loc["scan.png", "status"] == "ok"
+    expected = {"gone.png": files.BROKEN_LINK_REASON, "a.png": files.LINK_LOOP_REASON,
+                "b.png": files.LINK_LOOP_REASON}
+    for name, reason in expected.items():
+        assert rows.loc[name, "error"] == reason
+        assert f"{tmp_path / 'in' / name}: {reason}" in caplog.messages
+    assert f"{tmp_path / 'in' / 'gone'}: passed over: {files.BROKEN_LINK_REASON}" in caplog.messages
+    assert f"{tmp_path / 'in' / 'loop'}: passed over: {files.LINK_LOOP_REASON}" in caplog.messages
+
+
+@pytest.mark.parametrize("which", ["--input", "--output"])
+@pytest.mark.parametrize("link", ["broken", "loop"])
+def test_an_input_or_output_folder_that_is_a_bad_link_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, which,
+                                                                             link):
+    save(tmp_path / "in" / "scan.png", gray_ramp())
+    bad = tmp_path / "bad"
+    bad.symlink_to(tmp_path / "nowhere" if link == "broken" else bad)
+    folders = {"--input": tmp_path / "in", "--output": tmp_path / "out", which: bad}
+    detector = fake_detector()
+    assert run(monkeypatch, folders["--input"], folders["--output"], detector=detector) == 2
+    reason = files.BROKEN_LINK_REASON if link == "broken" else files.LINK_LOOP_REASON
+    assert capsys.readouterr().err.startswith(f"error: {bad}: {reason}")
+    assert detector.calls == [] and not (tmp_path / "out").exists()
+
+
+def test_mask_to_bbox_names_broken_links_and_link_loops(tmp_path, capsys):
+    from busdet.phantoms import generate_phantom
+    from test_mask_to_bbox import run as run_tool
+
+    phantom = generate_phantom(0, "benign", width=128, height=128)
+    folder = tmp_path / "data" / "benign"
+    for name in ["ok", "broken", "gone", "looped"]:
+        save(folder / f"{name}.png", phantom.image)
+        save(folder / f"{name}_mask.png", phantom.masks[0].astype(np.uint8) * 255)
+    for name in ["broken_mask.png", "gone.png"]:  # the files are gone, their links stay
+        (folder / name).rename(tmp_path / name)
+        (folder / name).symlink_to(tmp_path / "nowhere" / name)
+    (folder / "looped_mask.png").unlink()
+    (folder / "looped_mask.png").symlink_to(folder / "looped_mask.png")
+    status, lines = run_tool(capsys, "--input", tmp_path / "data", "--output", tmp_path / "a.csv")
+    assert status == 1
+    assert [line for line in lines if line.startswith("skipped")] == [
+        f"skipped {folder / 'broken.png'}: {folder / 'broken_mask.png'}: {files.BROKEN_LINK_REASON}",
+        f"skipped {folder / 'gone.png'}: {files.BROKEN_LINK_REASON}",
+        f"skipped {folder / 'looped.png'}: {folder / 'looped_mask.png'}: {files.LINK_LOOP_REASON}"]
+    assert [row.split(",")[0] for row in (tmp_path / "a.csv").read_text().splitlines()[1:]] == ["ok.png"]
+
+
 def test_mask_to_bbox_names_a_pipe_among_the_masks(tmp_path):
     from busdet.annotations import annotate_dataset
     from busdet.phantoms import generate_phantom
@@ -168,7 +225,8 @@ def test_mask_to_bbox_names_a_pipe_among_the_masks(tmp_path):
     assert any(p.path.name == "b.png" and p.reason.startswith("not a regular file") for p in problems)
 
 
-@pytest.mark.parametrize("name", [os.fsdecode(b"caf\xe9"), "scan\r01", "=cmd|' "], ids=["not UTF-8", "CR", "formula"])
+@pytest.mark.parametrize("name", [os.fsdecode(b"caf\xe9"), "scan\r01", "line\nbreak", "=cmd|' "],
+                         ids=["not UTF-8", "CR", "LF", "formula"])
 def test_mask_to_bbox_writes_hostile_names_that_evaluate_reads_back(tmp_path, capsys, name):
     from busdet.evaluation import read_annotations_csv
     from busdet.phantoms import generate_phantom

@@ -257,9 +257,17 @@ def spoil_unknown_class(folder: Path) -> Path:
 
 
 def spoil_orphan_mask(folder: Path) -> Path:
-    orphan = folder / "benign" / "lost_mask.png"
+    """A mask of a mask's name with neither image: ``lost_mask_mask.png`` alone (``lost_mask.png``
+    alone could be an ultrasound of that name, see below)."""
+    orphan = folder / "benign" / "lost_mask_mask.png"
     shutil.copy(folder / "benign" / "phantom_benign (1)_mask.png", orphan)
     return orphan
+
+
+def spoil_image_named_like_a_mask(folder: Path) -> Path:
+    image_path = folder / "benign" / "x_mask.png"  # no x.png: an image of that name, without its masks
+    shutil.copy(folder / "benign" / "phantom_benign (1).png", image_path)
+    return image_path
 
 
 BAD_INPUTS = {
@@ -271,6 +279,9 @@ BAD_INPUTS = {
     "duplicate name across folders": (spoil_duplicate_name, None, "duplicate file name"),
     "unknown class folder": (spoil_unknown_class, "c.png", "not in the label map"),
     "mask without image": (spoil_orphan_mask, None, "without a matching image"),
+    "image named like a mask, without masks": (spoil_image_named_like_a_mask, None,
+                                               "no mask file (expected x_mask_mask.png); or, if it is itself a "
+                                               "mask, its image x.png is not in the folder"),
 }
 
 
@@ -287,6 +298,41 @@ def test_each_bad_input_is_one_line_and_the_rest_is_written(case, dataset_copy, 
     kept = [image for image in truth if image.filename != lost_image]
     assert sorted(rows_of(output)) == expected_rows(kept, include_negatives=True)
     assert lines[-1].endswith(f"1 skipped -> {output}")
+
+
+def test_a_mask_name_is_a_mask_only_beside_its_image(tmp_path, capsys):
+    """BUSI's NAME_mask*.png is a mask when NAME.png is in the folder; without it, an image of that name."""
+    from busdet.annotations import index_images
+
+    phantom = generate_phantom(3, "malignant", width=160, height=128, lesions=1)
+    mask = Image.fromarray(phantom.masks[0].astype(np.uint8) * 255)
+    folder = tmp_path / "in" / "malignant"
+    save_case(folder, "scan_mask", phantom.image, [mask])  # scan_mask.png and its own scan_mask_mask.png
+    save_case(folder, "plain", phantom.image, [mask, mask])  # plain_mask.png and plain_mask_1.png: masks
+    output = tmp_path / "out.csv"
+    status, lines = run(capsys, "--input", tmp_path / "in", "--output", output)
+    assert status == 0, lines
+    box = [str(v) for v in box_to_pixel_xywh(phantom.boxes[0])]
+    assert rows_of(output) == [["plain.png", *box, "malignant"], ["plain.png", *box, "malignant"],
+                               ["scan_mask.png", *box, "malignant"]]
+    assert sorted(index_images(tmp_path / "in")) == ["plain.png", "scan_mask.png"]  # the gallery's rule too
+
+
+def test_two_images_of_one_name_are_both_refused_not_one_dropped(tmp_path, capsys):
+    phantom = generate_phantom(4, "benign", width=160, height=128, lesions=1)
+    image_path = save_case(tmp_path / "in" / "benign", "scan", phantom.image,
+                           [Image.fromarray(phantom.masks[0].astype(np.uint8) * 255)])
+    Image.fromarray(phantom.image).save(image_path.with_suffix(".jpg"))  # whose is scan_mask.png?
+    save_case(tmp_path / "in" / "benign", "other", phantom.image,
+              [Image.fromarray(phantom.masks[0].astype(np.uint8) * 255)])
+    status, lines = run(capsys, "--input", tmp_path / "in", "--output", tmp_path / "out.csv")
+    assert status == 1
+    assert skipped_lines(lines) == [
+        f"skipped {image_path.with_suffix('.jpg')}: scan.png has the same name but for the extension, so their "
+        "masks cannot be told apart; rename one",
+        f"skipped {image_path}: scan.jpg has the same name but for the extension, so their masks cannot be told "
+        "apart; rename one"]
+    assert [row[0] for row in rows_of(tmp_path / "out.csv")] == ["other.png"]
 
 
 # --- failures of the run itself -------------------------------------------------
@@ -428,6 +474,20 @@ def test_an_output_that_is_a_folder_is_refused_before_any_work(phantom_dataset, 
     assert lines == [f"error: {tmp_path / 'out'}: is a folder; name the file to write, e.g. "
                      f"{tmp_path / 'out' / 'annotations.csv'}"]
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["benign/phantom_benign (1).png", "benign/phantom_benign (1)_mask.png",
+                                  "boxes.png"])
+def test_an_output_named_as_an_image_inside_the_dataset_is_refused(dataset_copy, tmp_path, capsys, name):
+    folder, _ = dataset_copy
+    before = tree_snapshot(folder)
+    (tmp_path / "link.csv").symlink_to(folder / name)  # through a link too
+    for output in (folder / name, tmp_path / "link.csv"):
+        status, lines = run(capsys, "--input", folder, "--output", output)
+        assert status == 2
+        assert lines == [f"error: {output}: an image name inside the dataset folder {folder}: writing it would "
+                         "replace an image or mask, or add one; name a .csv or .json file"]
+    assert tree_snapshot(folder) == before
 
 
 def test_an_output_in_a_read_only_folder_is_refused_before_any_work(phantom_dataset, capsys, unwritable_folder):

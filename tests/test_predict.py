@@ -427,7 +427,7 @@ def test_model_input_size_must_match_width_and_height(tmp_path, monkeypatch, cap
 
 def test_bad_arguments_exit_2(tmp_path, monkeypatch, capsys):
     assert run_cli(monkeypatch, fake_detector(), "--input", tmp_path / "missing", "--output", tmp_path / "out") == 2
-    assert "input folder not found" in capsys.readouterr().err
+    assert "missing: folder not found; expected a folder of images" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         predict.get_args_parser().parse_args(["--threshold", "1.5"])
     assert exit_info.value.code == 2

@@ -10,9 +10,11 @@ lesion region of at least ``--min-area`` pixels becomes one row
 stderr with the reason (among them a benign or malignant image whose masks hold no
 lesion region); everything else is still written.
 
+``NAME_mask*.png`` is a mask only beside ``NAME.png``; without it, an image of that name.
+
 Exit status: 0 all files converted, 1 some files skipped (see stderr), 2 bad arguments
-(no class folders under --input, an --output that cannot be written), 130 interrupted
-(143 when stopped by SIGTERM).
+(no class folders under --input, an --output that cannot be written or that would replace
+an image of --input), 130 interrupted (143 when stopped by SIGTERM).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 from busdet import annotations  # noqa: E402
 from busdet.cli import run_command, say  # noqa: E402
-from busdet.files import check_output_file, write_csv, write_json  # noqa: E402
+from busdet.files import check_output_file, folder_problem, write_csv, write_json  # noqa: E402
 from busdet.label_map import load_label_map  # noqa: E402
 
 
@@ -56,10 +58,11 @@ def main(args: argparse.Namespace) -> int:
         say(f"error: label map {args.label_map}: {error}")
         return 2
     if not args.input.is_dir():
-        say(f"error: {args.input}: not a folder (expected one sub-folder per class)")
+        say(f"error: {args.input}: {folder_problem(args.input)}; expected one sub-folder per class")
         return 2
     try:
         check_output_file(args.output)
+        annotations.check_output_outside_dataset(args.output, args.input)
         images, problems = annotations.annotate_dataset(
             args.input, list(classes.values()), args.negative_class, args.min_area,
             progress=lambda cases: tqdm(cases, desc="masks", unit="image", file=sys.stderr))

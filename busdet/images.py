@@ -24,10 +24,17 @@ from busdet.files import atomic_write, open_regular, unreadable_reason
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
-# Pillow's own guard against decompression bombs, made an error instead of a
-# warning. 50 megapixels is far above any ultrasound frame (BUSI is ~0.3 MP).
+# Larger images are refused from their header, before decoding (decompression bombs).
+# 50 megapixels is far above any ultrasound frame (BUSI is ~0.3 MP).
 MAX_IMAGE_PIXELS = 50_000_000
+TOO_LARGE = f"image is larger than {MAX_IMAGE_PIXELS:,} pixels"
 
+# The only formats Pillow is asked to read (those of IMAGE_EXTENSIONS), whatever a file's name
+# says: another format's decoder never sees an input (GIF and WebP animations, PostScript, which
+# Pillow hands to Ghostscript, and Pillow's forty-odd others). JPEG includes multi-picture JPEG
+# (MPO), whose first picture is the photograph.
+READ_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
+READ_FORMATS_TEXT = "PNG, JPEG, BMP and TIFF"
 
 # Formats whose files may hold several images (multi-page TIFF, animated PNG).
 MULTI_FRAME_FORMATS = ("TIFF", "PNG")
@@ -109,29 +116,48 @@ def _check_single_frame(image: Image.Image, name: str) -> None:
                                    "save each one as its own file")
 
 
+def _other_format(source) -> Optional[str]:
+    """The format other than :data:`READ_FORMATS` that Pillow would take the stream for (``"GIF"``),
+    from its first bytes alone (each plugin's signature check: nothing is parsed), or None."""
+    try:
+        source.seek(0)
+        head = source.read(16)
+        Image.init()
+        return next((f for f in Image.ID if f not in READ_FORMATS and Image.OPEN[f][1] is not None
+                     and Image.OPEN[f][1](head)), None)
+    except Exception:  # noqa: BLE001 - only a better message is lost
+        return None
+
+
 def _decode(source, name: str) -> np.ndarray:
-    previous_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    # The size limit is checked here, on the header: Pillow's own limit is one setting for the
+    # whole process, which another thread (the page's sessions, predict.py's readers) may change
+    # in the meantime. Its warning between its limit and twice that is then noise.
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as image:
-                _check_single_frame(image, name)
-                image.load()
-                image = ImageOps.exif_transpose(image)
-                pixels = _to_rgb(image)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source, formats=READ_FORMATS)
+        with image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ImageReadError(name, TOO_LARGE)
+            _check_single_frame(image, name)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            pixels = _to_rgb(image)
     except ImageReadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageReadError(name, f"image is larger than {MAX_IMAGE_PIXELS:,} pixels") from None
+    except Image.DecompressionBombError:  # above twice Pillow's own limit, refused inside Image.open
+        raise ImageReadError(name, TOO_LARGE) from None
     except FileNotFoundError:
         raise ImageReadError(name, "file not found") from None
     except Image.UnidentifiedImageError:
-        raise ImageReadError(name, "not a recognised image format") from None
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ImageReadError(name, f"cannot decode image ({error})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous_limit
+        other = _other_format(source)
+        if other is None:
+            raise ImageReadError(name, "not a recognised image format") from None
+        raise ImageReadError(name, f"is in {other} format; only {READ_FORMATS_TEXT} images are read: "
+                                   "save it as PNG") from None
+    except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (OSError, TypeError, KeyError)
+        raise ImageReadError(name, f"cannot decode image ({error or type(error).__name__})") from None
     if pixels.ndim != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ImageReadError(name, "image has no pixels")
     return np.ascontiguousarray(pixels)
@@ -160,7 +186,8 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
     """Reads an image file as RGB ``uint8 [H, W, 3]`` as a viewer would display it.
 
     Raises:
-      ImageReadError: the file is missing, not a regular file, empty, truncated, not an image or too large.
+      ImageReadError: the file is missing, not a regular file, empty, truncated or damaged, not an image,
+        an image in a format other than :data:`READ_FORMATS` (named), or too large.
     """
     with open_input(path) as stream:
         return _decode(stream, str(path))

@@ -116,8 +116,8 @@ def claims_size(data: bytes, width: int, height: int) -> bytes:
     return data[:12] + patched + struct.pack(">I", zlib.crc32(patched)) + data[33:]
 
 
-# Above twice the limit Pillow raises; between once and twice it only warns.
-@pytest.mark.parametrize("width,height", [(10_000, 10_000), (8_000, 7_000)])
+# Over the limit; over Pillow's own (89 MP), where Pillow warns; over twice Pillow's, where it raises.
+@pytest.mark.parametrize("width,height", [(8_000, 7_000), (10_000, 10_000), (20_000, 10_000)])
 def test_decompression_bomb_is_refused_before_decoding(tmp_path, width, height):
     path = saved(tmp_path, "bomb.png", claims_size(png_bytes(Image.new("L", (1, 1))), width, height))
     with pytest.raises(ImageReadError, match=f"{path}: image is larger than"):
@@ -130,6 +130,67 @@ def test_pillow_limit_is_restored_after_reading(tmp_path):
     with pytest.raises(ImageReadError):
         decode_image(b"junk")
     assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_the_limit_holds_whatever_pillows_own_setting_becomes_meanwhile(monkeypatch):
+    """Pillow's limit is one setting for the whole process, and the page's sessions and predict.py's
+    readers decode in threads: another thread restoring the value it found (or a library turning the
+    guard off) while this one opens a bomb must not let the bomb through."""
+    real_open = Image.open
+
+    def open_with_the_guard_off_meanwhile(*args, **kwargs):
+        Image.MAX_IMAGE_PIXELS = None
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # put back afterwards
+    monkeypatch.setattr(Image, "open", open_with_the_guard_off_meanwhile)
+    bomb = claims_size(png_bytes(Image.new("L", (1, 1))), 8_000, 7_000)
+    with pytest.raises(ImageReadError, match="^bomb.png: image is larger than 50,000,000 pixels$"):
+        decode_image(bomb, "bomb.png")
+
+
+def saved_as(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+FRAMES = [Image.new("RGB", (8, 6), (value, value, value)) for value in (40, 90, 140)]
+
+
+@pytest.mark.parametrize("fmt, data", [
+    ("GIF", saved_as(FRAMES[0], "GIF", save_all=True, append_images=FRAMES[1:])),
+    ("WEBP", saved_as(FRAMES[0], "WEBP", save_all=True, append_images=FRAMES[1:])),
+    ("GIF", saved_as(FRAMES[0], "GIF")),
+    ("EPS", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 6\nshowpage\n"),  # Pillow would run Ghostscript
+], ids=["animated GIF", "animated WebP", "GIF", "PostScript"])
+def test_other_formats_are_refused_by_name_whatever_the_file_is_called(fmt, data):
+    with pytest.raises(ImageReadError, match=f"^scan.png: is in {fmt} format; only PNG, JPEG, BMP and TIFF "
+                                             "images are read: save it as PNG$"):
+        decode_image(data, "scan.png")
+
+
+def test_a_read_format_under_another_ones_name_is_still_read():
+    assert decode_image(saved_as(FRAMES[1], "JPEG", quality=100), "scan.png")[0, 0].tolist() == [90, 90, 90]
+
+
+def tiff_whose_second_page_has_no_width() -> bytes:
+    """Two pages; the second one's ImageWidth entry renumbered to a private tag (Pillow: TypeError)."""
+    data = bytearray(saved_as(Image.new("L", (4, 4)), "TIFF", save_all=True, append_images=[Image.new("L", (4, 4))]))
+    assert data[:2] == b"II"
+    first = struct.unpack_from("<I", data, 4)[0]
+    second = struct.unpack_from("<I", data, first + 2 + 12 * struct.unpack_from("<H", data, first)[0])[0]
+    for entry in range(second + 2, second + 2 + 12 * struct.unpack_from("<H", data, second)[0], 12):
+        if struct.unpack_from("<H", data, entry)[0] == 256:
+            struct.pack_into("<H", data, entry, 0xC000)
+    return bytes(data)
+
+
+def test_a_damaged_file_that_trips_pillow_outside_its_io_errors_is_named_not_raised():
+    """Pillow raises TypeError, KeyError or struct.error for some damaged headers: one error, not a crash
+    of the page or of predict.py's whole run."""
+    with pytest.raises(ImageReadError, match=r"^pages.tif: cannot decode image \(Missing dimensions\)$"):
+        decode_image(tiff_whose_second_page_has_no_width(), "pages.tif")
 
 
 def test_is_image_file_ignores_case():

@@ -22,7 +22,7 @@ from busdet.dicom import has_dicom_preamble
 from busdet.dicom_out import DicomOutError
 from busdet.downloads import dicom_downloads, image_downloads, results_zip
 from busdet.drawing import draw_boxes
-from busdet.files import is_regular_file
+from busdet.files import is_regular_file, printable
 from busdet.images import IMAGE_EXTENSIONS
 from busdet.results import ImageResult, analyse_image, finding_line, result_finding_line, untrusted_caption
 from busdet.tables import boxes_table, summary_table
@@ -130,7 +130,7 @@ def dicom_downloads_ui(result: ImageResult, scan, data: bytes, info: dict) -> li
 
 def image_result_ui(result: ImageResult, scan, key: str, data: bytes, info: dict) -> None:
     """Finding, original beside annotated (a loop: the frame chosen), box table and the downloads of one file."""
-    st.text(result.filename)
+    st.text(printable(result.filename))  # a line feed or a bidi override shown as such, not obeyed
     if result.warning:
         st.warning(result.warning[0].upper() + result.warning[1:] + ".")
     st.markdown(f"**{result_finding_line(result)}**")
@@ -188,7 +188,7 @@ def main() -> None:
                             for (name, data), digest in zip(inputs, digests)))
     for failed in (result for result in results if not result.ok):
         st.error("This file could not be read and was skipped; the other files still run:")
-        st.text(failed.message)
+        st.text(printable(failed.message))
     if len(results) > 1:
         batch_ui(results, pixels, inputs, detector.info)
     elif results[0].ok:

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from busdet.boxes import Box, box_to_pixel_xywh
-from busdet.dicom_out import build_capture, build_report, dicom_bytes, read_source
+from busdet.dicom_out import build_dicom_results, dicom_bytes, read_source
 from busdet.drawing import draw_boxes
 from busdet.files import json_text, safe_stem
 from busdet.images import Scan, as_scan, encode_mp4, encode_png
@@ -30,6 +30,20 @@ from busdet.tables import images_csv, predictions_csv
 # A fixed timestamp inside the ZIP: the archive then depends on the results only
 # and does not record when someone looked at the images.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+# The longest stem a download is named with: followed by "_predictions.json" and, in the ZIP,
+# a "_2", a name stays far inside the 255 bytes a file system allows (an upload's name need not).
+MAX_STEM = 120
+
+
+def download_stem(filename: str) -> str:
+    """:func:`busdet.files.safe_stem` of an upload's name, cut in the middle to :data:`MAX_STEM`
+    characters, so that long names differing at their end (numbered ones) stay apart."""
+    stem = safe_stem(filename)
+    if len(stem) <= MAX_STEM:
+        return stem
+    head = MAX_STEM // 2
+    return f"{stem[:head]}_{stem[-(MAX_STEM - head - 1):]}"
 
 
 def annotated_image(result: ImageResult, image: Union[np.ndarray, Scan]) -> np.ndarray:
@@ -90,7 +104,7 @@ def image_downloads(result: ImageResult, image: Union[np.ndarray, Scan]) -> List
     ``build`` makes the bytes only when called, so that a page can offer the
     files without encoding them on every redraw.
     """
-    stem, scan = safe_stem(result.filename), as_scan(image)
+    stem, scan = download_stem(result.filename), as_scan(image)
     files = [("Annotated PNG", f"{stem}_annotated.png", "image/png", lambda: annotated_png(result, scan)),
              ("Boxes CSV", f"{stem}_predictions.csv", "text/csv", lambda: predictions_csv([result])),
              ("Boxes JSON", f"{stem}_predictions.json", "application/json", lambda: predictions_json([result]))]
@@ -104,14 +118,18 @@ def dicom_downloads(result: ImageResult, scan: Scan, data: bytes, info: dict) ->
     """A DICOM upload's Structured Report and annotated Secondary Capture, as :func:`image_downloads` lists
     files. Unlike every other download, they carry the upload's patient and study identifiers.
 
+    Both are built here, by ``predict.py --dicom-out``'s function, so that an upload they cannot be
+    made for is refused before they are offered (a button would only fail when pressed, and the
+    error, which may quote an identifier, would go to the server's log); only the bytes wait.
+
     Raises:
-      busdet.dicom_out.DicomOutError: the upload lacks what a PACS needs to file them.
+      busdet.dicom_out.DicomOutError: the upload lacks what a PACS needs to file them, or holds an
+        identifier DICOM cannot carry (the message quotes none).
     """
-    source, stem = read_source(data), safe_stem(result.filename)
-    return [("DICOM report (SR)", f"{stem}.sr.dcm", "application/dicom",
-             lambda: dicom_bytes(build_report(result, source, info))),
-            ("DICOM annotated image (SC)", f"{stem}.sc.dcm", "application/dicom",
-             lambda: dicom_bytes(build_capture(result, scan, source, info)))]
+    report, capture = build_dicom_results(result, scan, read_source(data), info)
+    stem = download_stem(result.filename)
+    return [("DICOM report (SR)", f"{stem}.sr.dcm", "application/dicom", lambda: dicom_bytes(report)),
+            ("DICOM annotated image (SC)", f"{stem}.sc.dcm", "application/dicom", lambda: dicom_bytes(capture))]
 
 
 def _unique_names(stems: Sequence[str], suffix: str) -> List[str]:
@@ -131,7 +149,7 @@ def results_zip(results: Sequence[ImageResult], images: Sequence[Union[np.ndarra
     ``images[i]`` holds the pixels of ``results[i]`` (None where there are none).
     """
     drawn = [(r, as_scan(image)) for r, image in zip(results, images) if r.ok and image is not None]
-    stems = [name[:-len("_annotated")] for name in _unique_names([safe_stem(r.filename) for r, _ in drawn],
+    stems = [name[:-len("_annotated")] for name in _unique_names([download_stem(r.filename) for r, _ in drawn],
                                                                  "_annotated")]
     members = [("predictions.csv", predictions_csv(results)), ("images.csv", images_csv(results)),
                ("predictions.json", predictions_json(results))]

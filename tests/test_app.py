@@ -410,3 +410,74 @@ def test_hostile_upload_names_and_dicom_geometry_behave_as_in_the_cli(fake_model
     assert ("IM000001: DICOM pixel data holds 60,000 bytes but its header declares 1 frame(s) of 200x150 pixels, "
             "30,000 bytes; header and pixels disagree (a file cut short, or a wrong header), not read"
             in [t.value for t in at.text])
+
+
+# --- hostile input on the page: what predict.py's rounds could not see ------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_animation_renamed_png_is_named_and_the_others_still_run(fake_model, fmt):
+    """An animated GIF or WebP under a PNG name is refused by its format, not read as its first frame."""
+    import io
+
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((40, 60, 3), value, np.uint8)) for value in (40, 90, 140)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:])
+    at = run_app()
+    at.sidebar.file_uploader[0].set_value([("cine.png", buffer.getvalue(), "image/png"),
+                                           ("good.png", phantom_png(1), "image/png")]).run()
+    press_detect(at)
+    assert len(at.error) == 1
+    assert (f"cine.png: is in {fmt} format; only PNG, JPEG, BMP and TIFF images are read: save it as PNG"
+            in [t.value for t in at.text])
+    assert at.dataframe[0].value["status"].tolist() == ["error", "ok"]
+    assert fake_model.calls == 1
+
+
+def test_names_with_control_or_bidi_characters_are_shown_escaped(fake_model):
+    """A line feed would split the file's line, a right-to-left override show "gnp.scan" as "scan.png"."""
+    at = run_app()
+    at.sidebar.file_uploader[0].set_value([("two\nlines.png", phantom_png(1), "image/png"),
+                                           ("\u202egnp.scan", b"not an image", "image/png")]).run()
+    press_detect(at)
+    shown = [t.value for t in at.text]
+    assert "\\u202egnp.scan: not a recognised image format" in shown
+    assert "two\\nlines.png" in shown
+    assert at.dataframe[0].value["filename"].tolist() == ["two\nlines.png", "\u202egnp.scan"], "the data as given"
+
+
+def test_dicom_identifier_dicom_cannot_hold_refuses_the_report_up_front_quoting_nothing(fake_model, capfd, caplog,
+                                                                                       recwarn):
+    """A birth date that is not a DICOM date made the report's button fail when pressed, and the error,
+    which quotes the date, went to the server's log: the page now says why there is no report instead."""
+    import warnings
+
+    from busdet.dicom_phantoms import FAKE_PHI, phantom_dicom
+    from busdet.phantoms import generate_phantom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's word on the value set here
+        dataset = phantom_dicom(generate_phantom(1, "benign", width=200, height=150).image, phi=True)
+        dataset.PatientBirthDate = "PHI-BAD-DATE"
+        data = dicom_upload(dataset)
+    capfd.readouterr()
+    caplog.clear()
+    at = run_app()
+    at.sidebar.file_uploader[0].set_value([("IM000001", data, "application/octet-stream")]).run()
+    press_detect(at)
+    assert [b.label for b in at.download_button] == ["Annotated PNG", "Boxes CSV", "Boxes JSON"]
+    assert ("No DICOM report for this file: cannot build the DICOM results (ValueError)."
+            in [c.value for c in at.caption])
+    printed = capfd.readouterr()
+    seen = "\n".join([page_text(at), printed.out, printed.err, *caplog.messages, *(str(w.message) for w in recwarn)])
+    assert not [value for value in [*FAKE_PHI.values(), "PHI-BAD-DATE"] if len(value) > 3 and value in seen]
+
+
+def test_tables_offer_no_csv_export_of_their_own():
+    """Streamlit's table toolbar would export "=cmd.png" as a formula; the page's own CSVs neutralise it."""
+    import tomllib
+
+    config = tomllib.loads((APP.parent / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["disableDataExport"] is True

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from busdet.boxes import Box
-from busdet.downloads import annotated_png, image_downloads, predictions_json, results_zip
+from busdet.downloads import annotated_png, download_stem, image_downloads, predictions_json, results_zip
 from busdet.files import safe_stem
 from busdet.images import decode_image
 from busdet.results import ImageResult, finding_line
@@ -125,3 +125,16 @@ def test_image_downloads_build_the_three_files_on_demand():
     assert files["Annotated PNG"][2]() == annotated_png(result, pixels(result))
     assert files["Boxes CSV"][2]() == predictions_csv([result])
     assert json.loads(files["Boxes JSON"][2]())[0]["filename"] == "../case 7.png"
+
+
+def test_long_upload_names_give_download_names_a_file_system_takes():
+    """A browser sends a name as long as the user's system allows (255 bytes on Linux, more elsewhere); the
+    suffixes made "NAME_annotated.png" and the ZIP's members longer than the 255 bytes unzip can write."""
+    long_names = ["a" * 250 + "_0001.png", "a" * 250 + "_0002.png", "é" * 240 + ".png"]
+    results = [make_result(name, [MALIGNANT]) for name in long_names]
+    names = [name for r in results for _, name, _, _ in image_downloads(r, pixels(r))]
+    members = zipfile.ZipFile(io.BytesIO(results_zip(results, [pixels(r) for r in results]))).namelist()
+    assert max(len(name.split("/")[-1].encode()) for name in names + members) <= 160
+    assert names[0] != names[3], "names differing at their end stay apart"
+    assert names[0].endswith("aaa_0001_annotated.png") and names[0].startswith("aaa")
+    assert download_stem("case 7.png") == "case_7", "short names as safe_stem gives them"

@@ -481,3 +481,11 @@ def test_tables_offer_no_csv_export_of_their_own():
 
     config = tomllib.loads((APP.parent / ".streamlit" / "config.toml").read_text())
     assert config["client"]["disableDataExport"] is True
+
+
+def test_unforeseen_errors_show_their_type_only():
+    """An exception's message or traceback may quote a file's name or a DICOM value: the page shows the type."""
+    import tomllib
+
+    config = tomllib.loads((APP.parent / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["showErrorDetails"] == "type"

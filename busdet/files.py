@@ -29,7 +29,9 @@ file, and a killed writer leaves no temporary file either (Linux).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import csv
 import errno
 import fcntl
 import io
@@ -40,7 +42,7 @@ import stat
 import tempfile
 import uuid
 from pathlib import Path, PurePath
-from typing import Iterator, Optional, Tuple, Union
+from typing import Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import pandas as pd
 
@@ -203,15 +205,118 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
 
 def read_csv(path: PathLike) -> pd.DataFrame:
     """A CSV written by :func:`write_csv` (or by hand) with every cell as text (``object``: names
-    that are not UTF-8 kept), empty cells ``""``, formula marks taken off.
+    that are not UTF-8 kept), empty cells ``""``, formula marks taken off. The index is each row's
+    line number in the file (``line``), for messages that name the row.
+
+    The text is UTF-8 (a byte-order mark dropped) or UTF-16 with its byte-order mark (Excel's and
+    PowerShell's "Unicode" text); blank lines are passed over. Every row must have as many cells as
+    the header: a row with one cell too many would otherwise shift every cell of the table under the
+    wrong column name, and one too few leave its last cells silently empty.
 
     Raises:
-      pandas.errors.EmptyDataError, pandas.errors.ParserError, OSError.
+      pandas.errors.EmptyDataError: no header (a 0-byte or blank file).
+      pandas.errors.ParserError: not such a table (the line and why: NUL bytes, a row of another
+        length, an unclosed quote, a cell longer than :data:`MAX_CELL` characters, a column named twice).
+      OSError: the file cannot be read.
     """
     with open_regular(path) as stream:
-        frame = pd.read_csv(stream, dtype=object, keep_default_na=False, encoding="utf-8",
-                            encoding_errors=TEXT_ERRORS)
-    return frame.assign(**{c: _text_column(frame[c], restore_formula) for c in frame.columns})
+        text = decode_text(stream.read(), TEXT_ERRORS)
+    if "\x00" in text:
+        raise pd.errors.ParserError("not text (it holds NUL bytes); save it as a UTF-8 CSV")
+    header, rows, lines = None, [], []
+    for line, row in _csv_records(text):
+        if header is None:
+            header = [cell or f"Unnamed: {i}" for i, cell in enumerate(row)]  # pandas' names for empty ones
+            twice = sorted({cell for cell in header if header.count(cell) > 1})
+            if twice:
+                raise pd.errors.ParserError(f"line {line}: column(s) {', '.join(twice)} named twice in the header")
+        elif len(row) != len(header):
+            raise pd.errors.ParserError(f"line {line}: {len(row)} cells, but the header has {len(header)}")
+        else:
+            rows.append([restore_formula(cell) for cell in row])
+            lines.append(line)
+    if header is None:
+        raise pd.errors.EmptyDataError("no header line (the file is empty)")
+    return pd.DataFrame(rows, columns=pd.Index(header, dtype=object), index=pd.Index(lines, name="line"),
+                        dtype=object)
+
+
+# The longest cell read_csv accepts (the csv module's own limit): no file name or number comes near.
+MAX_CELL = csv.field_size_limit()
+
+
+# The csv module's words for a damaged record, in the reader's terms.
+_CSV_ERRORS = {"unexpected end of data": "a quote opened here is never closed",
+               "field larger than field limit": f"a cell longer than {MAX_CELL} characters"}
+
+
+def _csv_records(text: str) -> Iterator[Tuple[int, list]]:
+    """``(first line, cells)`` of each record of CSV ``text``, blank lines left out."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    while True:
+        line = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:  # an unclosed quote, a quote inside a cell, a cell over MAX_CELL
+            reason = _CSV_ERRORS.get(str(error).split(" (")[0], str(error))
+            raise pd.errors.ParserError(f"line {line}: {reason}") from None
+        if row:
+            yield line, row
+
+
+# Byte-order marks and the text they announce; UTF-8 without one is the default.
+_BYTE_ORDER_MARKS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+
+
+def decode_text(data: bytes, errors: str = "strict") -> str:
+    """A text file's bytes as ``str``: UTF-8, or the encoding a byte-order mark announces (UTF-8 or
+    UTF-16, as Windows editors save "Unicode" text), the mark dropped.
+
+    Raises:
+      UnicodeDecodeError: with ``errors="strict"``, bytes that are not text in that encoding.
+    """
+    for mark, encoding in _BYTE_ORDER_MARKS:
+        if data.startswith(mark):
+            return data[len(mark):].decode(encoding, errors)
+    return data.decode("utf-8", errors)
+
+
+class TableError(ValueError):
+    """A CSV table that cannot be used; the message names the file and why (:func:`read_table`)."""
+
+
+def read_table(path: PathLike, columns: Sequence[str]) -> pd.DataFrame:
+    """:func:`read_csv` for a table that needs ``columns`` (others may follow, in any order).
+
+    Raises:
+      TableError: one line naming the file: missing, a folder or a pipe, empty, not a CSV table
+        (:func:`read_csv`'s line and reason), or a column missing.
+    """
+    reason = unreadable_reason(path)
+    if reason is not None:
+        raise TableError(f"{path}: {reason}")
+    try:
+        frame = read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise TableError(f"{path}: file is empty (expected the header {','.join(columns)})") from None
+    except pd.errors.ParserError as error:
+        raise TableError(f"{path}: not a CSV table ({error})") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise TableError(f"{path}: missing column(s) {', '.join(missing)} (expected {','.join(columns)})")
+    return frame
+
+
+NAMES_SHOWN = 5  # how many names a message lists before "... and N more"
+
+
+def name_some(names: Iterable[str], shown: int = NAMES_SHOWN) -> str:
+    """``"a.png, b.png, c.png and 7 more"``: the first few names of a sorted list and a count."""
+    names = sorted(names)
+    listed = ", ".join(names[:shown])
+    return listed if len(names) <= shown else f"{listed} and {len(names) - shown} more"
 
 
 def _text_column(column: pd.Series, convert) -> pd.Series:
@@ -269,9 +374,10 @@ def open_regular(path: PathLike):
 
 
 def read_text(path: PathLike) -> str:
-    """A regular file's UTF-8 text (:func:`open_regular`: a named pipe raises instead of blocking)."""
+    """A regular file's text, UTF-8 or as its byte-order mark says (:func:`decode_text`); a named pipe
+    raises instead of blocking (:func:`open_regular`)."""
     with open_regular(path) as stream:
-        return stream.read().decode("utf-8")
+        return decode_text(stream.read())
 
 
 def is_regular_file(path: PathLike) -> bool:

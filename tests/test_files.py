@@ -263,3 +263,57 @@ def test_folder_lock_of_a_killed_holder_is_taken_over(tmp_path):
     holder.wait()
     with folder_lock(tmp_path):  # the kernel dropped the dead holder's lock
         pass
+
+
+# --- hostile tables (issue 20, third round): read_csv never shifts, pads or guesses ------------------
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"a.png,1,2,EXTRA\n", "line 2: 4 cells, but the header has 3"),  # pandas took a.png as the row's index
+    (b"a.png,1\n", "line 2: 2 cells, but the header has 3"),          # pandas left the last cell empty
+    (b'a.png,1,"2\n', "line 2: a quote opened here is never closed"),
+    (b"a.png,1,2\n" + b"x" * 200_000 + b",1,2\n", "line 3: a cell longer than 131072 characters"),
+    (b"a\x00.png,1,2\n", "not text (it holds NUL bytes)"),
+], ids=["cell too many", "cell too few", "unclosed quote", "very long cell", "NUL bytes"])
+def test_read_csv_refuses_a_damaged_table_naming_the_line(tmp_path, body, reason):
+    from busdet.files import read_csv
+
+    with pytest.raises(pd.errors.ParserError, match=f"^{re.escape(reason)}"):
+        read_csv(saved(tmp_path, "t.csv", b"filename,x,y\n" + body))
+
+
+def test_read_csv_refuses_a_column_named_twice(tmp_path):
+    from busdet.files import read_csv
+
+    with pytest.raises(pd.errors.ParserError, match="line 1: column.s. x named twice"):
+        read_csv(saved(tmp_path, "t.csv", b"filename,x,x\na.png,1,2\n"))
+
+
+def test_read_csv_reads_byte_order_marks_utf16_and_line_ends_alike(tmp_path):
+    from busdet.files import read_csv
+
+    text = 'filename,x\n"two\nlines.png",1\n\nb.png,=2\n'
+    expected = read_csv(saved(tmp_path, "plain.csv", text.encode()))
+    assert expected["filename"].tolist() == ["two\nlines.png", "b.png"]
+    assert list(expected.index) == [2, 5], "each row's first line; the blank line passed over"
+    for name, data in {"bom": b"\xef\xbb\xbf" + text.encode(), "utf16": text.encode("utf-16"),
+                       "utf16be": b"\xfe\xff" + text.encode("utf-16-be"),
+                       "crlf": text.replace("\n", "\r\n").replace("two\r\nlines", "two\nlines").encode()}.items():
+        frame = read_csv(saved(tmp_path, f"{name}.csv", data))
+        assert list(frame.columns) == ["filename", "x"], name
+        assert frame.equals(expected), name
+
+
+def test_read_table_names_the_file_and_the_reason(tmp_path):
+    from busdet.files import TableError, read_table
+
+    (tmp_path / "folder.csv").mkdir()
+    cases = {saved(tmp_path, "zero.csv", b""): "file is empty (expected the header filename,split)",
+             saved(tmp_path, "cols.csv", b"filename\na.png\n"): "missing column(s) split",
+             saved(tmp_path, "ragged.csv", b"filename,split\na,b,c\n"): "not a CSV table (line 2: 3 cells",
+             tmp_path / "folder.csv": "a folder, not a file", tmp_path / "none.csv": "file not found"}
+    for path, reason in cases.items():
+        with pytest.raises(TableError, match=f"^{re.escape(f'{path}: {reason}')}"):
+            read_table(path, ["filename", "split"])
+    assert read_table(saved(tmp_path, "ok.csv", b"split,extra,filename\nval,,a.png\n"),
+                      ["filename", "split"])["filename"].tolist() == ["a.png"]

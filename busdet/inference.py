@@ -51,7 +51,7 @@ import numpy as np
 
 from busdet.boxes import Box, boxes_from_normalized_yxyx
 from busdet.files import read_text, write_json
-from busdet.label_map import load_label_map
+from busdet.label_map import LabelMapError, load_label_map
 from busdet.ood import OodStats, OodStatsError, load_int8_ood_stats, load_ood_stats
 
 log = logging.getLogger(__name__)
@@ -341,11 +341,7 @@ def load_detector(model_dir: str | Path, label_map_path: str | Path, runtime: st
         raise ModelLoadError(f"{model_dir}: no SavedModel here (expected {model_dir / 'saved_model.pb'})")
     try:
         classes = load_label_map(label_map_path)
-    except FileNotFoundError:
-        raise ModelLoadError(f"{label_map_path}: label map not found (expected a label_map.pbtxt)") from None
-    except (OSError, UnicodeDecodeError) as error:  # a folder, no permission, not text
-        raise ModelLoadError(f"{label_map_path}: cannot read the label map ({error})") from None
-    except ValueError as error:
+    except LabelMapError as error:  # missing, a folder, not text, not a label map: one line naming it
         raise ModelLoadError(str(error)) from None
     info = read_model_info(model_dir)
     check_classes(classes, info, label_map_path, model_dir)

@@ -54,8 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     try:
         classes = load_label_map(args.label_map)
-    except (OSError, ValueError) as error:
-        say(f"error: label map {args.label_map}: {error}")
+    except ValueError as error:  # LabelMapError: the message names the file
+        say(f"error: {error}")
         return 2
     if not args.input.is_dir():
         say(f"error: {args.input}: {folder_problem(args.input)}; expected one sub-folder per class")

@@ -52,6 +52,13 @@ def _draw_tag(canvas: np.ndarray, text: str, x: int, y: int, colour, font_scale:
     cv2.putText(canvas, text, (x + pad, top + pad + text_h), font, font_scale, TEXT_COLOUR, weight, cv2.LINE_AA)
 
 
+def _on_canvas(edge: float, size: int) -> int:
+    """A box edge in whole pixels, held to just outside an image ``size`` pixels across: a box beyond
+    the image (a hand-made annotation, another image's box) is drawn along its border, never handed
+    to OpenCV as a number it cannot hold."""
+    return int(round(min(max(edge, -1.0), size + 1.0)))
+
+
 def draw_boxes(image: np.ndarray, boxes: Sequence[Box], caption: Optional[str] = None,
                mark_empty: bool = True) -> np.ndarray:
     """Returns a copy of ``image`` with ``boxes`` drawn; the input is not modified.
@@ -66,12 +73,13 @@ def draw_boxes(image: np.ndarray, boxes: Sequence[Box], caption: Optional[str] =
       RGB ``uint8 [H, W, 3]``.
     """
     canvas = np.ascontiguousarray(image).copy()
+    height, width = canvas.shape[:2]
     thickness, font_scale, weight = _style(canvas)
     # Draw the most confident last so that its outline and tag stay on top.
     for box in sorted(boxes, key=lambda b: -1.0 if b.score is None else b.score):
         colour = CLASS_COLOURS.get(box.label, OTHER_COLOUR)
-        top_left = (int(round(box.xmin)), int(round(box.ymin)))
-        bottom_right = (int(round(box.xmax)) - 1, int(round(box.ymax)) - 1)
+        top_left = (_on_canvas(box.xmin, width), _on_canvas(box.ymin, height))
+        bottom_right = (_on_canvas(box.xmax, width) - 1, _on_canvas(box.ymax, height) - 1)
         cv2.rectangle(canvas, top_left, bottom_right, colour, thickness, cv2.LINE_AA)
         _draw_tag(canvas, _label_text(box), top_left[0], top_left[1], colour, font_scale, weight)
     notes = [text for text in (caption, NO_LESION_TEXT if mark_empty and not boxes else None) if text]

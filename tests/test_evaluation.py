@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ import pytest
 from busdet.boxes import Box, box_to_pixel_xywh
 from busdet.evaluation import (EvaluationInputError, choose_operating_threshold, compute_evaluation, evaluate,
                                key_by_annotation_names, read_predictions_csv, write_evaluation_report)
-from busdet.evaluation.gallery import select_cases, side_by_side
+from busdet.evaluation.gallery import PANEL_GAP, select_cases, side_by_side
 from busdet.evaluation.matching import at_threshold, match_all, match_image
 from busdet.evaluation.metrics import roc_auc
 from busdet.evaluation.plots import confusion_counts
@@ -316,6 +317,11 @@ BAD_PREDICTION_ROWS = {
     "score above 1": ("benign_1.png,10,10,30,20,benign,1.5", "line 2: score 1.5 is not between 0 and 1"),
     "text score": ("benign_1.png,10,10,30,20,benign,high", "line 2: score 'high' is not a number"),
     "no score": ("benign_1.png,10,10,30,20,benign,", "line 2: score empty (every box needs one)"),
+    "negative xmin": ("benign_1.png,-10,10,30,20,benign,0.9", "line 2: xmin -10 and ymin 10 must both be 0 or more"),
+    "far corner overflows": ("benign_1.png,1e308,10,1e308,20,benign,0.9",
+                             "line 2: the box's far corner is beyond any number"),
+    "a cell too many": ("benign_1.png,10,10,30,20,benign,0.9,", "not a CSV table (line 2: 12 cells, but the header "
+                                                                "has 11)"),  # pandas shifted every column by one
 }
 
 
@@ -324,7 +330,9 @@ def test_cli_refuses_a_bad_prediction_row_in_one_line(tmp_path, csv_pair, capsys
     row, reason = BAD_PREDICTION_ROWS[case]
     annotations, predictions = csv_pair
     bad = tmp_path / "bad.csv"
-    bad.write_text(",".join(PREDICTION_COLUMNS) + "\n" + row + "\n" + "\n".join(predictions.read_text().splitlines()[1:]))
+    padded = row + "," * (len(PREDICTION_COLUMNS) - len(SEED_PREDICTION_COLUMNS))  # a cell for every column
+    rows = predictions.read_text().splitlines()[1:]
+    bad.write_text(",".join(PREDICTION_COLUMNS) + "\n" + padded + "\n" + "\n".join(rows))
     status = run_cli("--annotations", annotations, "--predictions", bad, "--output", tmp_path / "report")
     assert status == 2
     error = capsys.readouterr().err
@@ -368,3 +376,160 @@ def test_cli_refuses_an_unwritable_report_folder_before_reading(tmp_path, csv_pa
     assert run_cli("--annotations", annotations, "--predictions", predictions,
                    "--output", unwritable_folder / "report") == 2
     assert capsys.readouterr().err.startswith(f"error: {unwritable_folder / 'report'}: cannot write there")
+
+
+# --- hostile inputs, third round (issue 20): evaluate's files, label map and report folder ---------
+
+def evaluate_files(tmp_path, annotations: str, predictions: str, *extra, labels: str | None = None) -> int:
+    """tools/evaluate.py on two CSV texts written as given (bytes for encodings), into tmp_path/report."""
+    paths = []
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for name, text in (("annotations.csv", annotations), ("predictions.csv", predictions)):
+        path = tmp_path / name
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        paths.append(path)
+    if labels is not None:
+        (tmp_path / "labels.pbtxt").write_text(labels)
+        extra = (*extra, "--label", tmp_path / "labels.pbtxt")
+    return run_cli("--annotations", paths[0], "--predictions", paths[1], "--output", tmp_path / "report",
+                   "--model", tmp_path / "no_model", *extra)
+
+
+ANNOTATIONS = ("filename,xmin,ymin,width,height,label\n"
+               "b1.png,10,10,30,20,benign\nm1.png,40,40,20,20,malignant\nn1.png,,,,,normal\n")
+PREDICTIONS = ("filename,xmin,ymin,width,height,label,score\n"
+               "b1.png,10,10,30,20,benign,0.9\nm1.png,40,40,20,20,malignant,0.8\nn1.png,1,1,5,5,benign,0.3\n")
+
+
+def one_error(capsys) -> str:
+    """The one stderr line of a refused run (no traceback, nothing else)."""
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: "), error
+    return error[len("error: "):].rstrip("\n")
+
+
+@pytest.mark.parametrize("which, text, reason", [
+    ("annotations", ANNOTATIONS + "b1.png,10,10,30,20,benign\n", "annotations.csv: line 5: the same box as line 2"),
+    ("annotations", ANNOTATIONS + "b1.png,10,10,30,20,malignant\n", "annotations.csv: line 5: the same box as line 2"),
+    ("predictions", PREDICTIONS + "b1.png,10,10,30,20,benign,0.9\n", "predictions.csv: line 5: the same box as line 2"),
+    ("annotations", ANNOTATIONS + "n1.png,5,5,5,5,benign\n",
+     "annotations.csv: line 4: n1.png is listed without lesions here and with 1 on other lines"),
+    ("annotations", "filename,xmin,ymin,width,height,label\n", "annotations.csv: no rows under the header"),
+    ("annotations", ANNOTATIONS.replace("n1.png,,,,,normal", "n1.png,,,,,Normal"),
+     "annotations.csv: image label(s) Normal of rows without a box are neither in the label map (benign, malignant) "
+     "nor normal"),
+    ("annotations", ANNOTATIONS.replace("b1.png,10,10,30,20,benign", "b1.png,10,10,30,20,cyst"),
+     "annotations.csv: label(s) cyst not in the label map (benign, malignant)"),
+    ("predictions", PREDICTIONS.replace("n1.png,1,1,5,5,benign", "n1.png,1,1,5,5,cyst"),
+     "predictions.csv: label(s) cyst not in the label map (benign, malignant)"),
+], ids=["annotation twice", "one lesion two classes", "prediction twice", "negative and lesion", "header only",
+        "odd image label", "annotation label", "prediction label"])
+def test_inputs_that_would_change_the_metrics_are_refused_naming_the_file(tmp_path, capsys, which, text, reason):
+    files = {"annotations": ANNOTATIONS, "predictions": PREDICTIONS, which: text}
+    assert evaluate_files(tmp_path, files["annotations"], files["predictions"]) == 2
+    assert one_error(capsys).startswith(f"{tmp_path / reason}")
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_prediction_box_of_two_frames_or_two_classes_is_not_a_repeat(tmp_path):
+    """A cine loop's rows (frame column) and a box scored for both classes are not rows listed twice."""
+    frames = ("filename,xmin,ymin,width,height,label,score,frame\n"
+              "m1.png,40,40,20,20,malignant,0.8,1\nm1.png,40,40,20,20,malignant,0.8,2\n"
+              "b1.png,10,10,30,20,benign,0.9,\nb1.png,10,10,30,20,malignant,0.2,\n")
+    assert evaluate_files(tmp_path, ANNOTATIONS + "n2.png,,,,,normal\nn2.png,,,,,normal\n", frames) == 0
+
+
+@pytest.mark.parametrize("encode", [lambda t: b"\xef\xbb\xbf" + t.encode(), lambda t: t.encode("utf-16"),
+                                    lambda t: t.replace("\n", "\r\n").encode(),
+                                    lambda t: t.replace("\n", "\r").encode()],
+                         ids=["UTF-8 BOM", "UTF-16", "CRLF", "CR"])
+def test_csvs_saved_by_windows_tools_evaluate_as_the_plain_ones(tmp_path, encode):
+    """UTF-16 (Excel's "Unicode text") ended in "'utf-8' codec can't encode characters ...", naming no file."""
+    assert evaluate_files(tmp_path / "plain", ANNOTATIONS, PREDICTIONS) == 0
+    assert evaluate_files(tmp_path / "saved", encode(ANNOTATIONS), encode(PREDICTIONS)) == 0
+    metrics = [json.loads((tmp_path / name / "report" / "metrics.json").read_text()) for name in ("plain", "saved")]
+    assert metrics[0] == metrics[1] and metrics[0]["lesions"] == 2
+
+
+def test_names_in_another_encoding_are_named_as_such(tmp_path, capsys):
+    """An annotation CSV saved as Latin-1 names café.png by other bytes than predict.py's UTF-8 file."""
+    latin1 = "filename,xmin,ymin,width,height,label\ncafé.png,10,10,30,20,benign\n".encode("latin-1")
+    assert evaluate_files(tmp_path, latin1, "filename,xmin,ymin,width,height,label,score\n"
+                                            "café.png,10,10,30,20,benign,0.9\n") == 2
+    assert one_error(capsys) == (f"{tmp_path / 'predictions.csv'}: 1 image(s) not in the annotations: café.png (the "
+                                 "annotations hold 1 of these names in another encoding: save both files as UTF-8)")
+
+
+def test_a_folder_or_a_missing_file_given_as_a_csv_is_one_line(tmp_path, capsys):
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "predictions.csv").write_text(PREDICTIONS)
+    for given, reason in ((tmp_path / "folder.csv", "a folder, not a file"), (tmp_path / "none.csv", "file not found")):
+        assert run_cli("--annotations", given, "--predictions", tmp_path / "predictions.csv",
+                       "--output", tmp_path / "report") == 2
+        assert one_error(capsys) == f"{given}: {reason}"
+
+
+def test_a_label_map_other_than_benign_and_malignant_is_evaluated_by_its_own_names(tmp_path, capsys):
+    labels = 'item { id: 1 name: "cyst" }\nitem { id: 2 name: "carcinoma" }\n'
+    assert evaluate_files(tmp_path / "a", ANNOTATIONS, PREDICTIONS, labels=labels) == 2
+    assert one_error(capsys).endswith("annotations.csv: label(s) benign, malignant not in the label map "
+                                      "(cyst, carcinoma)")
+    renamed = {"benign": "cyst", "malignant": "carcinoma"}
+    annotations, predictions = ANNOTATIONS, PREDICTIONS
+    for old, new in renamed.items():
+        annotations, predictions = annotations.replace(old, new), predictions.replace(old, new)
+    assert evaluate_files(tmp_path / "b", annotations, predictions, labels=labels) == 0
+    metrics = json.loads((tmp_path / "b" / "report" / "metrics.json").read_text())
+    assert metrics["AP50_cyst"] == metrics["AP50_carcinoma"] == 1.0 and metrics["AUC_malignant_image"] is None
+
+
+def test_a_bad_label_map_is_one_line_naming_it(tmp_path, capsys):
+    assert evaluate_files(tmp_path, ANNOTATIONS, PREDICTIONS, labels='item { id: 0 name: "benign" }') == 2
+    assert one_error(capsys) == f"{tmp_path / 'labels.pbtxt'}: id 0 of 'benign' must be >= 1 (0 is background)"
+    (tmp_path / "labels.pbtxt").unlink()
+    assert run_cli("--annotations", tmp_path / "annotations.csv", "--predictions", tmp_path / "predictions.csv",
+                   "--output", tmp_path / "report", "--label", tmp_path / "labels.pbtxt") == 2
+    assert one_error(capsys) == f"{tmp_path / 'labels.pbtxt'}: label map not found (expected a label_map.pbtxt)"
+
+
+def test_a_report_folder_that_would_replace_an_input_is_refused_before_any_work(tmp_path, capsys):
+    """--output holding inputs named like the report's files: report.md used to be overwritten."""
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.md").write_text(ANNOTATIONS)
+    (report / "metrics.json").write_text(PREDICTIONS)
+    assert run_cli("--annotations", report / "report.md", "--predictions", report / "metrics.json",
+                   "--output", report) == 2
+    assert one_error(capsys) == (f"--output {report}: the report's report.md would replace the input "
+                                 f"{report / 'report.md'}; choose another folder")
+    assert (report / "report.md").read_text() == ANNOTATIONS and sorted(os.listdir(report)) == ["metrics.json",
+                                                                                                "report.md"]
+    assert evaluate_files(tmp_path, ANNOTATIONS, PREDICTIONS, "--output", tmp_path) == 0  # beside inputs: fine
+    assert (tmp_path / "annotations.csv").read_text() == ANNOTATIONS
+
+
+def test_a_report_folder_in_the_images_or_images_in_its_gallery_is_refused(tmp_path, capsys):
+    images = tmp_path / "images"
+    for name in ("b1.png", "m1.png", "n1.png"):
+        write_image(images / name, np.full((80, 90, 3), 90, np.uint8))
+    assert evaluate_files(tmp_path, ANNOTATIONS, PREDICTIONS, "--images", images, "--output", images / "report") == 2
+    assert "inside --images" in one_error(capsys) and sorted(os.listdir(images)) == ["b1.png", "m1.png", "n1.png"]
+    gallery = tmp_path / "out" / "gallery"
+    write_image(gallery / "b1.png", np.full((80, 90, 3), 90, np.uint8))
+    assert evaluate_files(tmp_path, ANNOTATIONS, PREDICTIONS, "--images", gallery, "--output", tmp_path / "out") == 2
+    assert "inside the report's" in one_error(capsys) and os.listdir(gallery) == ["b1.png"]
+
+
+def test_boxes_beyond_the_image_are_drawn_at_its_border_and_the_report_is_written(tmp_path):
+    """Far-off boxes made OpenCV raise inside the gallery: a traceback, and no report.md."""
+    images = tmp_path / "images"
+    for name in ("b1.png", "m1.png", "n1.png"):
+        write_image(images / name, np.full((80, 90, 3), 90, np.uint8))
+    far = ANNOTATIONS.replace("m1.png,40,40,20,20", "m1.png,1e12,40,20,20")
+    predictions = PREDICTIONS.replace("n1.png,1,1,5,5", "n1.png,1,1e15,5,5")
+    assert evaluate_files(tmp_path, far, predictions, "--images", images, "--threshold", "0.2") == 0
+    assert (tmp_path / "report" / "report.md").is_file()
+    assert "missed_01_m1.png" in os.listdir(tmp_path / "report" / "gallery")
+    drawn = side_by_side(np.zeros((40, 50, 3), np.uint8), [Box(1e300, 5, 2e300, 10, "benign")],
+                         [Box(-1e300, -1e300, 1e300, 1e300, "malignant", 0.5)])
+    assert drawn.shape == (40, 100 + PANEL_GAP, 3)

@@ -11,12 +11,15 @@ PNG plots, ``gallery/`` (with ``--images``) and ``report.md``. It holds pictures
 of the images: keep it out of the repository (``/report/`` is ignored).
 
 Both CSVs are checked row by row first: a NaN, an empty or negative width, a
-score outside [0, 1] or an empty file stops the run with the file, line and reason.
+negative corner, a score outside [0, 1], a box listed twice, a row with more or
+fewer cells than the header, a label not in the label map or an empty file stops
+the run with the file, line and reason. Neither file is ever written: a report
+folder whose files would replace one, or that lies in --images, is refused.
 
 Exit status: 0 report written, 1 written but some gallery images were missing or
 unreadable (see stderr), 2 bad input (a bad row, predictions for images the
-annotations do not list, an output folder that cannot be written), 130 interrupted
-(143 when stopped by SIGTERM).
+annotations do not list, an unusable label map, an output folder that cannot be
+written), 130 interrupted (143 when stopped by SIGTERM).
 """
 
 from __future__ import annotations
@@ -72,11 +75,9 @@ def main(args: argparse.Namespace) -> int:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"--score-threshold {threshold} is not between 0 and 1")
         check_writable_folder(args.output)
+        evaluation.check_report_folder(args.output, [args.annotations, args.predictions], args.images)
         classes = list(load_label_map(args.label_map).values())
-        truth, image_labels = evaluation.read_annotations_csv(args.annotations)
-        # predict.py --recursive writes relative paths; the annotations hold base names.
-        predictions = evaluation.key_by_annotation_names(truth, evaluation.read_predictions_csv(args.predictions))
-        evaluation.check_prediction_files(truth, predictions, source=str(args.predictions))
+        truth, image_labels, predictions = evaluation.read_inputs(args.annotations, args.predictions, classes)
         result = evaluation.compute_evaluation(truth, image_labels, predictions, threshold, classes)
     except (OSError, ValueError, ModelLoadError) as error:  # EvaluationInputError and OutputError are ValueErrors
         say(f"error: {error}")

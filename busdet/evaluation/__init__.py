@@ -16,12 +16,12 @@ committed split, imported on its own).
 """
 
 from busdet.evaluation.inputs import (EvaluationInputError, check_prediction_files, key_by_annotation_names,
-                                      read_annotations_csv, read_predictions_csv)
+                                      read_annotations_csv, read_inputs, read_predictions_csv)
 from busdet.evaluation.metrics import (DEFAULT_CLASSES, DEFAULT_TARGET_RECALL, Evaluation, choose_operating_threshold,
                                        compute_evaluation, evaluate)
-from busdet.evaluation.report import ReportOutcome, write_evaluation_report
+from busdet.evaluation.report import ReportOutcome, check_report_folder, write_evaluation_report
 
 __all__ = ["EvaluationInputError", "check_prediction_files", "key_by_annotation_names", "read_annotations_csv",
-           "read_predictions_csv", "DEFAULT_CLASSES", "DEFAULT_TARGET_RECALL", "Evaluation",
-           "choose_operating_threshold", "compute_evaluation", "evaluate", "ReportOutcome",
+           "read_inputs", "read_predictions_csv", "DEFAULT_CLASSES", "DEFAULT_TARGET_RECALL", "Evaluation",
+           "choose_operating_threshold", "compute_evaluation", "evaluate", "ReportOutcome", "check_report_folder",
            "write_evaluation_report"]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Tuple
@@ -17,8 +18,8 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 from busdet.boxes import Box
 from busdet.evaluation.gallery import DEFAULT_PER_KIND, KIND_TITLES, GalleryCase, select_cases, write_gallery
 from busdet.evaluation.metrics import DEFINITIONS, Evaluation
-from busdet.evaluation.plots import write_plots
-from busdet.files import atomic_write, printable, write_json
+from busdet.evaluation.plots import PLOTS, write_plots
+from busdet.files import OutputError, atomic_write, printable, write_json
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
@@ -33,6 +34,30 @@ class ReportOutcome:
     files: List[Path] = field(default_factory=list)
     gallery: List[Tuple[GalleryCase, str]] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
+
+
+def check_report_folder(output_dir: Path, inputs: Sequence[Path], images_dir: Optional[Path] = None) -> None:
+    """Refuses, before any work, a report folder whose files would replace an input, or that lies in the
+    images folder (the gallery's pictures would be added to the images), links resolved.
+
+    Raises:
+      OutputError: naming the folder and the input.
+    """
+    output_dir = Path(output_dir)
+    written = [output_dir / name for name in (METRICS_FILE, REPORT_FILE, *PLOTS)]
+    for path in inputs:
+        clash = next((w for w in written if os.path.realpath(w) == os.path.realpath(path)), None)
+        if clash is not None:
+            raise OutputError(f"--output {output_dir}: the report's {clash.name} would replace the input {path}; "
+                              "choose another folder")
+    if images_dir is not None:
+        real_images, real_output = Path(os.path.realpath(images_dir)), Path(os.path.realpath(output_dir))
+        if real_images == real_output or real_images in real_output.parents:
+            raise OutputError(f"--output {output_dir}: inside --images {images_dir}, where the gallery's pictures "
+                              "would be added to the images; choose a folder outside it")
+        if real_output / GALLERY_DIR in (real_images, *real_images.parents):
+            raise OutputError(f"--images {images_dir}: inside the report's {output_dir / GALLERY_DIR}, which the "
+                              "gallery writes; choose another --output")
 
 
 def write_evaluation_report(evaluation: Evaluation, truth: Mapping[str, Sequence[Box]],

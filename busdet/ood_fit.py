@@ -32,7 +32,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from busdet.datasets import DatasetSpec
+from busdet.datasets import SPLITS, DatasetSpec
 from busdet.files import atomic_write
 from busdet.images import read_image
 from busdet.inference import (INT8_FILE, Detector, compute_file_digest, compute_saved_model_digest,
@@ -42,7 +42,6 @@ from busdet.ood import (INT8_OOD_FILE, MAX_COLOUR_FRACTION, MAX_FLAT_FRACTION, O
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 MAX_VAL_FLAGGED = 0.01
 SCORE = ("Mahalanobis distance of the model's image_features (backbone levels 3-5 averaged over the image) "
          "to the nearest training dataset's mean, under one Ledoit-Wolf covariance shared by the datasets")

@@ -8,7 +8,9 @@
 
 Each --data is NAME=FOLDER (one sub-folder per class, NAME.png beside NAME_mask.png);
 its split is data/NAME_split.csv, made (stratified by class, grouped by patient when
-the folder has BUS-BRA's bus_data.csv) and written there the first time.
+the folder has BUS-BRA's bus_data.csv) and written there the first time. The label map,
+every --data (names and folders distinct, images in class folders) and each existing
+split CSV (well formed, naming only images of its folder) are checked before TensorFlow loads.
 How often each dataset and class is drawn is set in the config (task.train_data.sampling).
 Run the same command again to resume from the latest checkpoint in --model-dir.
 With --config configs/multi_worker.yaml (runtime.distribution_strategy: multi_worker_mirrored)
@@ -30,8 +32,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 
 from tqdm import tqdm  # noqa: E402
 
-from busdet.cli import run_command  # noqa: E402
-from busdet.datasets import parse_dataset_arg  # noqa: E402
+from busdet.cli import run_command, say  # noqa: E402
+from busdet.datasets import check_training_data  # noqa: E402
 from busdet.label_map import load_label_map  # noqa: E402
 
 
@@ -76,17 +78,18 @@ def build_strategy(runtime):
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        datasets = [parse_dataset_arg(value, args.splits) for value in args.data]
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        classes = load_label_map(args.label)
+        datasets = check_training_data(args.data, args.splits, list(classes.values()))
+    except ValueError as error:  # a bad label map, --data value, dataset folder or split CSV
+        say(f"error: {error}")
         return 2
-    from busdet.training import run  # TensorFlow import is slow: after the arguments are checked
+    from busdet.training import run  # TensorFlow import is slow: after the arguments and data are checked
 
     try:
         counts = run.prepare_data(datasets, args.label, args.records, args.seed, args.background_crops,
                                   progress=lambda items: tqdm(items, desc="tfrecords", unit="image"))
         params = run.build_params(args.config, args.records, counts, args.init, args.params_override,
-                                  args.model_dir, class_names=list(load_label_map(args.label).values()))
+                                  args.model_dir, class_names=list(classes.values()))
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

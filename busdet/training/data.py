@@ -31,13 +31,13 @@ from official.vision.data import tf_example_builder
 
 from busdet.annotations import AnnotatedImage
 from busdet.boxes import Box
+from busdet.datasets import SPLITS
 from busdet.files import atomic_path, write_csv
 from busdet.images import read_image
 from busdet.label_map import name_to_id
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 SOURCE_ID_STRIDE = 1_000_000
 BACKGROUND_SOURCE = "background"  # lesion-free crops cut beside the lesions of training images

@@ -18,7 +18,7 @@ from official.core import exp_factory, task_factory, train_lib, train_utils
 from official.modeling import hyperparams
 
 from busdet.annotations import annotate_dataset
-from busdet.datasets import DatasetSpec, read_patient_groups, read_split_csv
+from busdet.datasets import DatasetSpec, check_distinct, read_patient_groups, read_split_csv
 from busdet.files import write_json
 from busdet.label_map import load_label_map
 from busdet.training import data
@@ -40,9 +40,7 @@ def prepare_data(datasets: Sequence[DatasetSpec], label_map_path: Path, records_
     options (``manifest.json``); a bank missing beside such records is made alone.
     """
     classes = load_label_map(label_map_path)
-    names = [spec.name for spec in datasets]
-    if len(set(names)) != len(names):
-        raise ValueError(f"--data: dataset names must differ, got {names}")
+    check_distinct(datasets)
     return {spec.name: _prepare_dataset(spec, index, classes, records_dir / spec.name, seed, background_crops,
                                         progress)
             for index, spec in enumerate(datasets)}

@@ -149,7 +149,7 @@ def read_image_table(dataset_dir: Path) -> Optional[pd.DataFrame]:
     path = Path(dataset_dir) / IMAGE_TABLE
     if not path.is_file():
         return None
-    table = pd.read_csv(path, dtype=str)
+    table = read_table(path, ("ID",))  # checked as every other table: a short or long row is refused
     return table.set_index(table["ID"] + ".png")
 
 

@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
-import pandas as pd
 
-from busdet.datasets import SPLITS, DatasetSpec
-from busdet.files import atomic_write
+from busdet.datasets import SPLIT_COLUMNS, SPLITS, DatasetSpec
+from busdet.files import atomic_write, read_table
 from busdet.images import read_image
 from busdet.inference import (INT8_FILE, Detector, compute_file_digest, compute_saved_model_digest,
                               load_detector, read_model_info, run_model, write_model_info)
@@ -65,7 +64,7 @@ def split_members(spec: DatasetSpec) -> Dict[str, List[Path]]:
     Raises:
       ValueError: a split has no images or an image is missing.
     """
-    table = pd.read_csv(spec.split_path, dtype=str)
+    table = read_table(spec.split_path, SPLIT_COLUMNS)
     members = {}
     for split in SPLITS:
         rows = table[table["split"] == split]

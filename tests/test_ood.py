@@ -263,3 +263,24 @@ def test_annotated_copy_of_a_flagged_image_says_its_boxes_are_not_to_be_trusted(
                           draw_boxes(image, result.shown_boxes, caption=UNTRUSTED_CAPTION))
     trusted = replace(result, check=ood.ImageCheck(1.0))
     assert np.array_equal(annotated_image(trusted, image), draw_boxes(image, result.shown_boxes))
+
+
+def test_split_members_reads_the_split_through_the_checked_table_reader(tmp_path):
+    """A split row with a cell too many used to shift under the wrong columns (pandas); now it is one
+    line naming the file and its line, as tools/train.py and measure_model already say."""
+    from busdet.datasets import parse_dataset_arg
+    from busdet.ood_fit import split_members
+
+    folder, splits = tmp_path / "set", tmp_path / "splits"
+    splits.mkdir()
+    rows = []
+    for split in ("train", "val", "test"):
+        (folder / "benign").mkdir(parents=True, exist_ok=True)
+        (folder / "benign" / f"{split}.png").write_bytes(b"")
+        rows.append(f"{split}.png,benign,{split}")
+    (splits / "set_split.csv").write_text("filename,label,split\n" + "\n".join(rows) + "\n")
+    assert split_members(parse_dataset_arg(f"set={folder}", splits))["val"] == [folder / "benign" / "val.png"]
+
+    (splits / "set_split.csv").write_text("filename,label,split\n" + "\n".join(rows) + ",extra\n")
+    with pytest.raises(ValueError, match=r"set_split\.csv.*line 4"):
+        split_members(parse_dataset_arg(f"set={folder}", splits))

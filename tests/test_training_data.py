@@ -54,6 +54,17 @@ def test_patient_groups_come_from_bus_data_csv(tmp_path):
     assert datasets.read_patient_groups(tmp_path / "nothing") == {}
 
 
+def test_a_damaged_bus_data_csv_is_one_line_naming_it(tmp_path):
+    """pandas put a row with a cell too many under the wrong columns: two views of one patient
+    could then land in different splits. The checked table reader refuses it instead."""
+    (tmp_path / "bus_data.csv").write_text("ID,Case,Device\nbus_0002-l,2,GE,extra\nbus_0002-r,2,GE\n")
+    with pytest.raises(ValueError, match=r"bus_data\.csv.*line 2"):
+        datasets.read_patient_groups(tmp_path)
+    (tmp_path / "bus_data.csv").write_text("Case,Device\n2,GE\n")
+    with pytest.raises(ValueError, match=r"bus_data\.csv: missing column\(s\) ID"):
+        datasets.read_devices(tmp_path)
+
+
 def test_split_csv_records_the_patient(tmp_path):
     images, groups = _patients(3, 2)
     split = data.build_split(images, groups=groups)

@@ -22,8 +22,13 @@ if [ ! -f runs/v3_640/checkpoint ] && ! stage1_finished; then
   $PY tools/train.py "${DATA[@]}" --config configs/v3_stage1_256.yaml --model-dir runs/v3_256 \
       --init "imagenet=$WEIGHTS" >> runs/v3_256.log 2>&1
 fi
-$PY tools/train.py "${DATA[@]}" --config configs/v3_stage2_640.yaml --model-dir runs/v3_640 \
-    --init runs/v3_256/best >> runs/v3_640.log 2>&1
+# Stage 2 leaves runs/v3_640/finished when train.py ends well (its horizon, or stopped on
+# validation); a finished stage 2 is committed with best/ and that marker only, and is not run again.
+if [ ! -f runs/v3_640/finished ]; then
+  $PY tools/train.py "${DATA[@]}" --config configs/v3_stage2_640.yaml --model-dir runs/v3_640 \
+      --init runs/v3_256/best >> runs/v3_640.log 2>&1
+  date -u +%FT%TZ > runs/v3_640/finished
+fi
 [ "$SHIP" = 1 ] || exit 0
 $PY tools/export_model.py --model-dir runs/v3_640 --output saved_model
 # The operating threshold (recall >= 0.90 on each dataset's val), the test metrics per dataset, and the

@@ -31,21 +31,6 @@ from busdet.tables import images_csv, predictions_csv
 # and does not record when someone looked at the images.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
-# The longest stem a download is named with: followed by "_predictions.json" and, in the ZIP,
-# a "_2", a name stays far inside the 255 bytes a file system allows (an upload's name need not).
-MAX_STEM = 120
-
-
-def download_stem(filename: str) -> str:
-    """:func:`busdet.files.safe_stem` of an upload's name, cut in the middle to :data:`MAX_STEM`
-    characters, so that long names differing at their end (numbered ones) stay apart."""
-    stem = safe_stem(filename)
-    if len(stem) <= MAX_STEM:
-        return stem
-    head = MAX_STEM // 2
-    return f"{stem[:head]}_{stem[-(MAX_STEM - head - 1):]}"
-
-
 def annotated_image(result: ImageResult, image: Union[np.ndarray, Scan]) -> np.ndarray:
     """The image (RGB ``uint8 [H, W, 3]``, or a Scan's key frame) with the result's shown boxes
     drawn, a new array."""
@@ -104,7 +89,7 @@ def image_downloads(result: ImageResult, image: Union[np.ndarray, Scan]) -> List
     ``build`` makes the bytes only when called, so that a page can offer the
     files without encoding them on every redraw.
     """
-    stem, scan = download_stem(result.filename), as_scan(image)
+    stem, scan = safe_stem(result.filename), as_scan(image)
     files = [("Annotated PNG", f"{stem}_annotated.png", "image/png", lambda: annotated_png(result, scan)),
              ("Boxes CSV", f"{stem}_predictions.csv", "text/csv", lambda: predictions_csv([result])),
              ("Boxes JSON", f"{stem}_predictions.json", "application/json", lambda: predictions_json([result]))]
@@ -127,7 +112,7 @@ def dicom_downloads(result: ImageResult, scan: Scan, data: bytes, info: dict) ->
         identifier DICOM cannot carry (the message quotes none).
     """
     report, capture = build_dicom_results(result, scan, read_source(data), info)
-    stem = download_stem(result.filename)
+    stem = safe_stem(result.filename)
     return [("DICOM report (SR)", f"{stem}.sr.dcm", "application/dicom", lambda: dicom_bytes(report)),
             ("DICOM annotated image (SC)", f"{stem}.sc.dcm", "application/dicom", lambda: dicom_bytes(capture))]
 
@@ -149,7 +134,7 @@ def results_zip(results: Sequence[ImageResult], images: Sequence[Union[np.ndarra
     ``images[i]`` holds the pixels of ``results[i]`` (None where there are none).
     """
     drawn = [(r, as_scan(image)) for r, image in zip(results, images) if r.ok and image is not None]
-    stems = [name[:-len("_annotated")] for name in _unique_names([download_stem(r.filename) for r, _ in drawn],
+    stems = [name[:-len("_annotated")] for name in _unique_names([safe_stem(r.filename) for r, _ in drawn],
                                                                  "_annotated")]
     members = [("predictions.csv", predictions_csv(results)), ("images.csv", images_csv(results)),
                ("predictions.json", predictions_json(results))]

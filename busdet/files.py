@@ -126,8 +126,14 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         raise
 
 
+# Bytes of the target's name a temporary name keeps: with the dot, the uuid and ".tmp" it stays
+# within the 255 bytes a file name may have, however long the target's own name is.
+TEMP_NAME_KEEPS = 200
+
+
 def _temp_name(path: Path) -> str:
-    return str(path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp")
+    kept = os.fsencode(path.name)[:TEMP_NAME_KEEPS]
+    return os.fsdecode(path.parent) + os.sep + os.fsdecode(b"." + kept + f".{uuid.uuid4().hex}.tmp".encode())
 
 
 def _create_temp_file(path: Path, permissions: int) -> Tuple[int, Optional[str]]:
@@ -485,14 +491,26 @@ def _acquire_lock(path: Path, what: str):
         stream.close()
 
 
+# The longest stem safe_stem gives: followed by a suffix ("_predictions.json", a gallery's
+# "missed_01_" and ".png", a ZIP's "_2"), a name stays far inside the 255 bytes a file system
+# allows; the image's own name need not (a browser sends what the user's system allows).
+MAX_STEM = 120
+
+
 def safe_stem(filename: str) -> str:
     """A file-name stem safe to write or offer for download: ``"../a b*.png"`` -> ``"a_b_"``.
 
     Keeps letters, digits, ``-``, ``_`` and ``.``; anything else (path parts,
-    spaces, quotes, brackets, markup) becomes ``_``.
+    spaces, quotes, brackets, markup) becomes ``_``. A stem over :data:`MAX_STEM`
+    characters is cut in the middle, so long names differing at their end (numbered
+    ones) stay apart.
     """
     stem = PurePath(filename.replace("\\", "/")).stem
-    return re.sub(r"[^A-Za-z0-9._-]", "_", stem).strip(".") or "image"
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem).strip(".") or "image"
+    if len(stem) <= MAX_STEM:
+        return stem
+    head = MAX_STEM // 2
+    return f"{stem[:head]}_{stem[-(MAX_STEM - head - 1):]}"
 
 
 def check_writable_folder(folder: PathLike) -> None:

@@ -533,3 +533,19 @@ def test_boxes_beyond_the_image_are_drawn_at_its_border_and_the_report_is_writte
     drawn = side_by_side(np.zeros((40, 50, 3), np.uint8), [Box(1e300, 5, 2e300, 10, "benign")],
                          [Box(-1e300, -1e300, 1e300, 1e300, "malignant", 0.5)])
     assert drawn.shape == (40, 100 + PANEL_GAP, 3)
+
+
+def test_the_gallery_takes_an_image_whose_name_is_as_long_as_the_file_system_allows(tmp_path):
+    """A missed lesion's panel is named "missed_01_NAME.png": with a 250-byte NAME that passed the
+    255 bytes a file name may have, and the report ended in a traceback."""
+    name = "benign_" + "7" * 240 + ".png"
+    box = Box(10, 10, 40, 30, "benign")
+    write_image(tmp_path / "images" / "benign" / name, np.full((60, 80, 3), 90, np.uint8))
+    write_annotations(tmp_path / "annotations.csv", {name: [box]}, {name: "benign"})
+    write_predictions(tmp_path / "predictions.csv", {name: []})
+    status = run_cli("--annotations", tmp_path / "annotations.csv", "--predictions", tmp_path / "predictions.csv",
+                     "--output", tmp_path / "report", "--images", tmp_path / "images", "--threshold", "0.5")
+    assert status == 0
+    gallery = [p.name for p in (tmp_path / "report" / "gallery").iterdir()]
+    assert len(gallery) == 1 and gallery[0].startswith("missed_01_benign_777") and len(gallery[0]) <= 160
+    assert gallery[0] in (tmp_path / "report" / "report.md").read_text()

@@ -317,3 +317,15 @@ def test_read_table_names_the_file_and_the_reason(tmp_path):
             read_table(path, ["filename", "split"])
     assert read_table(saved(tmp_path, "ok.csv", b"split,extra,filename\nval,,a.png\n"),
                       ["filename", "split"])["filename"].tolist() == ["a.png"]
+
+
+@pytest.mark.parametrize("name", ["a" * 251 + ".png", "é" * 123 + ".png"])  # 255 and 250 bytes
+def test_atomic_write_takes_a_name_as_long_as_the_file_system_allows(tmp_path, name):
+    """The temporary name added 38 bytes to the target's: an output named as a long input could not be written."""
+    from busdet.files import atomic_path, atomic_write
+
+    with atomic_write(tmp_path / name) as stream:
+        stream.write(b"data")
+    with atomic_path(tmp_path / ("b" + name[1:])) as temp:
+        temp.write_bytes(b"more")
+    assert sorted(p.read_bytes() for p in tmp_path.iterdir()) == [b"data", b"more"]

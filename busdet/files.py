@@ -132,8 +132,8 @@ TEMP_NAME_KEEPS = 200
 
 
 def _temp_name(path: Path) -> str:
-    kept = os.fsencode(path.name)[:TEMP_NAME_KEEPS]
-    return os.fsdecode(path.parent) + os.sep + os.fsdecode(b"." + kept + f".{uuid.uuid4().hex}.tmp".encode())
+    kept = os.fsdecode(os.fsencode(path.name)[:TEMP_NAME_KEEPS])  # a character cut in two stays its bytes
+    return str(path.parent / f".{kept}.{uuid.uuid4().hex}.tmp")
 
 
 def _create_temp_file(path: Path, permissions: int) -> Tuple[int, Optional[str]]:

@@ -42,7 +42,9 @@ or in another transfer syntax, ...) gets one stderr line and an error row, and t
 run goes on. The input folder is never written to (links are resolved first),
 and existing outputs are kept unless --overwrite is given. Two inputs that would
 write one output (scan beside scan.png): the first listed keeps it, the other
-gets an error row naming both. Only regular files are opened.
+gets an error row naming both; so does an input whose output name would pass the
+file system's 255-byte limit (NAME.png of a 252-byte NAME, NAME.sr.dcm of a 250-byte
+one). Only regular files are opened.
 """
 
 from __future__ import annotations

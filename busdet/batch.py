@@ -23,8 +23,10 @@ Everything that can go wrong with names is decided when the run is planned,
 before any work: two inputs whose outputs would be one file (``scan`` beside
 ``scan.png``, ``a.dcm`` beside ``a.dcm.png``) leave the first input (in listing
 order) its output and give the other an error row naming both; an output that
-would land in the input tree through a link gives an error row; an input that is
-a link into the output folder is passed over. Only regular files are read.
+would land in the input tree through a link gives an error row; so does one whose
+output name (its own name with ``.png``, ``.mp4``, ``.sr.dcm`` or ``.sc.dcm`` added)
+would be longer than the file system allows (255 bytes); an input that is a link
+into the output folder is passed over. Only regular files are read.
 
 Reading the next images and drawing/writing finished ones run in a small thread
 pool while the calling thread runs the model, one image at a time and in order
@@ -67,6 +69,8 @@ RUN_SETTINGS = ("model_sha256", "runtime", "score_threshold", "frames")
 # enough to keep the model busy, few enough to bound memory on large frames.
 READ_AHEAD = 3
 MAX_PENDING_WRITES = 4
+# Bytes a file name may have when the file system does not say (os.pathconf): Linux's and most others'.
+NAME_MAX = 255
 # The tables are rewritten (atomically) at most this often during a run, so that a
 # hard kill or a power cut loses only the last few seconds of rows.
 TABLE_SAVE_SECONDS = 5.0
@@ -218,19 +222,53 @@ def skip_reason(path: Path, output_dir: Optional[Path] = None, input_dir: Option
     return f"not an image file ({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}) nor DICOM"
 
 
+def name_limit(folder: Path) -> int:
+    """The longest file name, in bytes, that ``folder``'s file system takes (that of its nearest
+    existing folder, as the output folders may not exist yet); :data:`NAME_MAX` when it does not say."""
+    existing = next((p for p in [folder, *folder.absolute().parents] if os.path.isdir(p)), None)
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX") if existing is not None else NAME_MAX
+    except (OSError, ValueError):
+        return NAME_MAX
+    return limit if limit > 0 else NAME_MAX
+
+
+def output_name_problem(plan: BatchPlan, relative: Path) -> Optional[str]:
+    """Why an output of ``relative`` could not be created under its name, or None.
+
+    An input's outputs add suffixes to its name (``a.dcm`` gets ``a.dcm.png``, ``a.dcm.mp4``
+    and, with ``dicom_out``, ``a.dcm.sr.dcm``, ``a.dcm.sc.dcm``), so a legal input name of
+    250-255 bytes can give an output name the file system refuses (ENAMETOOLONG): such an
+    input is refused when the run is planned rather than failing its write after inference.
+    """
+    length, limit, path = max(((len(os.fsencode(path.name)), name_limit(path.parent), path)
+                               for path in plan.output_files(relative)), key=lambda item: item[0] - item[1])
+    if length <= limit:
+        return None
+    suffix = path.name[len(relative.name):]  # every output name is the input's with a suffix added
+    what = f"its name + {suffix}" if suffix else "its name"
+    return (f"output name would exceed the file system's {limit}-byte limit ({what} in {path.parent} "
+            f"is {length} bytes); not read: shorten its name by {length - limit} byte{'s' * (length - limit > 1)}")
+
+
 def find_output_conflicts(plan: BatchPlan) -> Dict[int, str]:
     """The images whose outputs cannot be written safely, by index, with the reason.
 
-    The rule: outputs are compared after resolving every link. An output that would
-    be an input file or lie in the input tree refuses its image; of two images with
-    an output in common (``scan`` beside ``scan.png``), the first listed keeps it and
-    the second is refused, naming the first. Refused images are not read.
+    The rule: an output name longer than its file system takes refuses its image
+    (:func:`output_name_problem`). Outputs are compared after resolving every link. An
+    output that would be an input file or lie in the input tree refuses its image; of two
+    images with an output in common (``scan`` beside ``scan.png``), the first listed keeps
+    it and the second is refused, naming the first. Refused images are not read.
     """
     source = os.path.realpath(plan.input_dir)
     inputs = {os.path.realpath(plan.input_dir / relative) for relative in plan.images}
     claimed: Dict[str, int] = {}
     refused: Dict[int, str] = {}
     for index, relative in enumerate(plan.images):
+        too_long = output_name_problem(plan, relative)
+        if too_long is not None:
+            refused[index] = too_long
+            continue
         for path in plan.output_files(relative):
             real = os.path.realpath(path)
             if real in inputs or _inside(real, source):

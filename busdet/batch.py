@@ -11,7 +11,9 @@ relative name (a DICOM file's gets ``.png`` added, and a cine loop's also an
 ``.mp4``), at the image's own resolution (boxes at or above the threshold, or a
 "no lesion" mark), one row in ``images.csv`` and one row per box (per frame of a
 loop) in ``predictions.csv`` (geometry as ``tools/mask_to_bbox.py`` writes it).
-A file that cannot be read gets an ``error`` row; the others are still done.
+A file that cannot be read gets an ``error`` row; the others are still done. So does one
+whose outputs cannot all be written (a full disk, a read-only ``dicom_out``): its row names
+the output that failed and why, and keeps the boxes found (in ``predictions.csv`` too).
 With ``dicom_out``, every DICOM input also gets a Structured Report and an annotated
 Secondary Capture there (:mod:`busdet.dicom_out`; they carry the source's identifiers).
 The tables hold every finished image at all times (rewritten atomically every few
@@ -50,8 +52,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from busdet.dicom_out import DicomOutError, dicom_result_paths, read_source, write_dicom_results
 from busdet.downloads import annotated_frames, annotated_image
 from busdet.cli import Terminated, signals_deferred
-from busdet.files import (FolderLockedError, OutputError, check_writable_folder, folder_lock, folder_problem,
-                          printable, read_text, unreadable_reason, write_csv, write_json)
+from busdet.files import (FolderLockedError, OutputError, WriteError, check_writable_folder, folder_lock,
+                          folder_problem, printable, read_text, unreadable_reason, write_csv, write_json, writing)
 from busdet.images import IMAGE_EXTENSIONS, Scan, is_image_file, write_image, write_video
 from busdet.inference import Detector, compute_saved_model_digest
 from busdet.results import FrameChoice, ImageResult, analyse_image
@@ -355,10 +357,17 @@ def plan_batch(input_dir: Path, output_dir: Path, recursive: bool = False, overw
 def draw_and_write(scan: Scan, result: ImageResult, plan: BatchPlan, relative: Path,
                    model_info: Optional[dict] = None) -> None:
     """The annotated copy (a loop's key frame), a loop's annotated MP4, and with ``plan.dicom_out`` a
-    DICOM input's report and capture (``model_info``: the model's ``model_info.json``, which they name)."""
-    write_image(plan.output_path(relative), annotated_image(result, scan), overwrite=plan.overwrite)
+    DICOM input's report and capture (``model_info``: the model's ``model_info.json``, which they name).
+
+    Raises:
+      WriteError: naming the output that failed (:func:`write_failed` turns it into the row's error).
+      DicomOutError: the DICOM results cannot be made for this input.
+    """
+    with writing("annotated copy", plan.output_path(relative)):
+        write_image(plan.output_path(relative), annotated_image(result, scan), overwrite=plan.overwrite)
     if result.frames:
-        write_video(plan.video_path(relative), annotated_frames(result, scan), overwrite=plan.overwrite)
+        with writing("annotated MP4", plan.video_path(relative)):
+            write_video(plan.video_path(relative), annotated_frames(result, scan), overwrite=plan.overwrite)
     if plan.dicom_paths(relative):
         write_dicom_results(result, scan, read_source(plan.input_dir / relative), model_info or {},
                             plan.dicom_out / relative, overwrite=plan.overwrite)
@@ -435,15 +444,20 @@ def with_settings(plan: BatchPlan, settings: dict, mixed_ok: bool = False) -> Ba
 
 
 def write_failed(result: ImageResult, error: BaseException) -> ImageResult:
-    """``result`` marked failed because its annotated copy (or DICOM results) could not be written."""
+    """``result`` marked failed because one of its outputs could not be written (the error names which
+    file, what it is and why: :class:`busdet.files.WriteError`) or its DICOM results made. Its boxes
+    stay: the model's result is not lost with a file, and the tables keep it beside the error."""
     if isinstance(error, DicomOutError):
-        return result.failed(f"no DICOM results: {error}")
-    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-    return result.failed(f"cannot write the annotated copy ({reason})")
+        reason = f"no DICOM results: {error}"
+    elif isinstance(error, WriteError):
+        reason = f"cannot write its {error.what} {printable(error.path)} ({error.reason})"
+    else:
+        reason = f"cannot write its outputs ({type(error).__name__}: {error})"
+    return result.failed(reason, keep_result=True)
 
 
 def _logged(result: ImageResult, path: Path) -> ImageResult:
-    """``result``, after one warning line naming the file and the reason if it failed."""
+    """``result``, after one warning line naming the file (the input) and the reason if it failed."""
     if not result.ok:
         log.warning("%s: %s", printable(path), result.error)
     return result
@@ -462,13 +476,13 @@ def start_records(plan: BatchPlan) -> Dict[int, ImageResult]:
 
 
 def _collect_write(result: ImageResult, write: Future, plan: BatchPlan) -> Optional[ImageResult]:
-    """The record once its annotated copy is written; None if the write never ran."""
+    """The record once its outputs are written; None if the write never ran."""
     if write.cancelled() or not write.done():
         return None
     error = write.exception()
     if error is None:
         return result
-    return _logged(write_failed(result, error), plan.output_path(Path(result.filename)))
+    return _logged(write_failed(result, error), plan.input_dir / result.filename)
 
 
 def _identity(items):

@@ -40,7 +40,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 import busdet
 from busdet.boxes import Box, box_to_pixel_xywh
 from busdet.drawing import draw_boxes
-from busdet.files import atomic_write
+from busdet.files import atomic_write, writing
 from busdet.images import Scan
 from busdet.results import ImageResult, result_finding_line
 
@@ -63,6 +63,8 @@ RESEARCH_STATEMENT = ("Research software, not a medical device: these boxes are 
 SR_SERIES = (9901, "busdet findings (research, not a diagnosis)")
 SC_SERIES = (9902, "busdet annotated (research, not a diagnosis)")
 SR_SUFFIX, SC_SUFFIX = ".sr.dcm", ".sc.dcm"
+# What the two files are called in a message (busdet.files.WriteError).
+RESULT_NAMES = ("DICOM report", "DICOM capture")
 UTF8 = "ISO_IR 192"  # any name the source holds can be written back
 
 APPEARANCE_NAME = codes.SCT.Classification
@@ -292,11 +294,15 @@ def dicom_result_paths(stem: Path) -> Tuple[Path, Path]:
 
 def write_dicom_results(result: ImageResult, scan: Scan, source: Dataset, info: Mapping, stem: Path,
                         overwrite: bool = True) -> Tuple[Path, Path]:
-    """Writes the report and the capture atomically beside each other; returns their paths."""
+    """Writes the report and the capture atomically beside each other; returns their paths.
+
+    Raises:
+      DicomOutError: the two objects cannot be built (nothing is written).
+      busdet.files.WriteError: one of them cannot be written; it names which (:data:`RESULT_NAMES`) and why.
+    """
     objects = build_dicom_results(result, scan, source, info)
     paths = dicom_result_paths(stem)
-    for dataset, path in zip(objects, paths):
-        data = dicom_bytes(dataset)
-        with atomic_write(path, "wb", overwrite=overwrite) as stream:
-            stream.write(data)
+    for what, dataset, path in zip(RESULT_NAMES, objects, paths):
+        with writing(what, path), atomic_write(path, "wb", overwrite=overwrite) as stream:
+            stream.write(dicom_bytes(dataset))
     return paths

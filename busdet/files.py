@@ -5,6 +5,7 @@
     write_csv(frame, path)                          # the one CSV form: UTF-8, "\\n", no index
     read_csv(path)                                  # its inverse: every cell as text, as written
     write_json(data, path)                          # indented UTF-8 JSON, NaN refused
+    with writing("annotated MP4", path): ...        # any failure -> WriteError naming the file and why
     check_writable_folder(output_dir)               # before any work: can files be created there?
     with open_regular(path) as stream: ...          # reading never blocks on a pipe or a device
     unreadable_reason(path)                         # "broken link (...)", "link loop (...)", ... or None
@@ -59,6 +60,26 @@ class OutputError(ValueError):
 
 class FolderLockedError(OutputError):
     """Another process holds the folder's lock (:func:`folder_lock`)."""
+
+
+class WriteError(Exception):
+    """An output file that could not be written (:func:`writing`): ``what`` it is (``"annotated MP4"``),
+    its ``path`` and the ``reason`` (the system's words for an OSError: ``"No space left on device"``)."""
+
+    def __init__(self, what: str, path: PathLike, reason: str):
+        super().__init__(f"{printable(path)}: cannot write the {what} ({reason})")
+        self.what, self.path, self.reason = what, Path(path), reason
+
+
+@contextlib.contextmanager
+def writing(what: str, path: PathLike) -> Iterator[None]:
+    """Raises any failure inside (drawing, encoding, writing ``path``) as a :class:`WriteError`, so
+    that the caller can say which of several outputs failed."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - a full disk, a read-only folder, an encoder: all named alike
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise WriteError(what, path, reason) from error
 
 
 class NotRegularFileError(OSError):

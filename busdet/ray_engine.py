@@ -202,10 +202,8 @@ def _annotate_all(load, plan: batch.BatchPlan, score_threshold: float, frames: F
 
 
 def _logged(result: ImageResult, plan: batch.BatchPlan) -> ImageResult:
-    """One warning line naming the file and the reason for a failed image, here (not on a worker)."""
+    """One warning line naming the file (the input) and the reason for a failed image, here (not on a worker)."""
     if not result.ok:
-        written = result.error.startswith("cannot write the annotated copy")
-        folder = plan.output_dir if written else plan.input_dir
-        log.warning("%s: %s", printable(folder / result.filename), result.error)
+        log.warning("%s: %s", printable(plan.input_dir / result.filename), result.error)
     return result
 

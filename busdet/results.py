@@ -55,7 +55,8 @@ class ImageResult:
       boxes: every detection, most confident first, in pixel corners (whatever the threshold).
       score_threshold: the threshold the boxes are shown at (:attr:`shown_boxes`).
       seconds: model wall time for this image (all its frames); None when the model did not run.
-      error: why the file has no result (the reason only: :attr:`message` names the file); None if ok.
+      error: why the file has no result (the reason only: :attr:`message` names the file), or which of
+        its outputs could not be written (its detections then kept: :meth:`failed`); None if ok.
       frames: a multi-frame file's detections, one entry per frame run (``boxes`` is then empty).
       frame_count: how many frames a multi-frame file holds; None for a single image.
       key_frame_only: the tables keep only the key frame's boxes (``--frames key``).
@@ -84,7 +85,7 @@ class ImageResult:
     @property
     def in_distribution(self) -> Optional[bool]:
         """False when the image does not look like the training images; None when not checked."""
-        return None if self.check is None or not self.ok else self.check.in_distribution
+        return None if self.check is None else self.check.in_distribution
 
     @property
     def warning(self) -> str:
@@ -92,7 +93,7 @@ class ImageResult:
         return self.check.warning if self.in_distribution is False else ""
 
     def _shown(self, boxes: Sequence[Box]) -> List[Box]:
-        if not self.ok or self.score_threshold is None:
+        if self.score_threshold is None:
             return []
         return above_threshold(boxes, self.score_threshold)
 
@@ -145,9 +146,11 @@ class ImageResult:
         """The same detections shown at another threshold (the model does not run again)."""
         return replace(self, score_threshold=score_threshold)
 
-    def failed(self, reason: str) -> "ImageResult":
-        """This file marked as failed: it keeps its size, loses its boxes."""
-        return replace(self, boxes=(), frames=(), error=reason)
+    def failed(self, reason: str, keep_result: bool = False) -> "ImageResult":
+        """This file marked as failed: it keeps its size, loses its boxes and check; with ``keep_result``
+        (the model ran, an output could not be written) it keeps them too, so the tables still hold them."""
+        return replace(self, error=reason) if keep_result else replace(self, boxes=(), frames=(), check=None,
+                                                                        error=reason)
 
 
 def analyse_image(detector: Detector, filename: str, read: Callable[[], Union[np.ndarray, Scan]],

@@ -89,7 +89,7 @@ def image_row(result: ImageResult) -> list:
     """One ``images.csv`` row: size, shown box count (all frames held), top label and score (the key
     frame's), status, error, frame count and key frame (loops), and the in-distribution check's outcome."""
     best = top_box(result.shown_boxes)
-    score = result.check.score if result.check is not None and result.ok else None
+    score = result.check.score if result.check is not None else None
     return [result.filename, result.width, result.height, len(prediction_rows(result)), best.label if best else "",
             round(float(best.score), 4) if best else None, "ok" if result.ok else "error", result.error or "",
             result.frame_count, result.key_frame, result.in_distribution,
@@ -97,7 +97,8 @@ def image_row(result: ImageResult) -> list:
 
 
 def images_table(results: Sequence[ImageResult]) -> pd.DataFrame:
-    """``images.csv``: one row per file given, unreadable ones included (status ``error`` and why)."""
+    """``images.csv``: one row per file given, unreadable ones included (status ``error`` and why; one whose
+    output could not be written keeps its boxes, here and in ``predictions.csv``)."""
     return build_table([image_row(r) for r in results], IMAGE_COLUMNS, _IMAGE_TYPES)
 
 

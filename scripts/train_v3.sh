@@ -17,8 +17,9 @@ DATA=(--data "busi=$BUSI" --data "busbra=$BUSBRA")
 # Stage 1's weights only serve to start stage 2: once stage 2 has a checkpoint of its own,
 # stage 1 is skipped. A finished stage is committed with its best checkpoint only (no
 # latest one): that too means done, or a fresh clone would train stage 1 again from ImageNet.
+# Once stage 2 is finished, stage 1's checkpoint leaves the tree (history keeps it).
 stage1_finished() { [ -f runs/v3_256/best/checkpoint ] && [ ! -f runs/v3_256/checkpoint ]; }
-if [ ! -f runs/v3_640/checkpoint ] && ! stage1_finished; then
+if [ ! -f runs/v3_640/finished ] && [ ! -f runs/v3_640/checkpoint ] && ! stage1_finished; then
   $PY tools/train.py "${DATA[@]}" --config configs/v3_stage1_256.yaml --model-dir runs/v3_256 \
       --init "imagenet=$WEIGHTS" >> runs/v3_256.log 2>&1
 fi

@@ -4,6 +4,7 @@ per-dataset validation and early stopping."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,3 +259,11 @@ def test_train_cli_refuses_a_bad_data_argument_before_loading_tensorflow(tmp_pat
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(f"error: --data {value}")
         assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda path: path.name)
+def test_every_committed_config_applies_to_the_experiment(config, tmp_path):
+    """A stage YAML with a misspelt or moved key fails here, not hours into a training run."""
+    params = run.build_params([config], tmp_path, COUNTS)
+    params.validate()

@@ -12,7 +12,7 @@ PY=${PY:-.venv/bin/python}
 DATA=(--data "busi=$BUSI" --data "busbra=$BUSBRA")
 
 # Stage 1's weights only serve to start stage 2: once stage 2 has a checkpoint of its
-# own, stage 1 is skipped. v2 is finished: only runs/v2_640/best stays in the tree, so
+# own, stage 1 is skipped. v2 is superseded by v3: none of its checkpoints is in the tree, so
 # on a fresh clone this retrains both stages (the README says how to restore the
 # deleted checkpoints from history instead).
 if [ ! -f runs/v2_640/checkpoint ]; then

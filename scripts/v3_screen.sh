@@ -9,6 +9,8 @@
 #   ARMS="base focal" scripts/v3_screen.sh
 # The winner, if validation shows one beyond the run-to-run noise, is then tried as a
 # 640 fine-tune of stage 2's best against a baseline continuing unchanged.
+# Every arm starts from runs/v3_256/best, which left the tree when v3 shipped; get it back first:
+#   git checkout "$(git log -1 --format=%H --diff-filter=D -- runs/v3_256/best)^" -- runs/v3_256/best
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUSI=${BUSI:-../shared/busi/Dataset_BUSI_with_GT}
@@ -17,6 +19,7 @@ PY=${PY:-.venv/bin/python}
 ARMS=${ARMS:-base copy_paste boost3 focal}
 for arm in $ARMS; do
   [ -f "runs/v3_screen_$arm/finished" ] && continue
+  [ -f runs/v3_256/best/checkpoint ] || { echo "runs/v3_256/best: missing (see the comment at the top of $0)" >&2; exit 2; }
   extra=()
   [ "$arm" = base ] || extra=(--config "configs/v3_arm_$arm.yaml")
   $PY tools/train.py --data "busi=$BUSI" --data "busbra=$BUSBRA" --config configs/v3_stage1_256.yaml \

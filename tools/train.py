@@ -2,9 +2,10 @@
 """Train the detector (RetinaNet + MobileNetV2, Model Garden) on one or more BUSI-layout datasets.
 
     python tools/train.py --data busi=../shared/busi/Dataset_BUSI_with_GT \\
-        --data busbra=../shared/busbra/BUS-BRA --config configs/v2_stage1_256.yaml --model-dir runs/v2_256
-    python tools/train.py --data mine=/path/to/my_dataset --config configs/v2_stage2_640.yaml \\
-        --model-dir runs/mine --init runs/v2_640/best
+        --data busbra=../shared/busbra/BUS-BRA --config configs/v3_stage1_256.yaml --model-dir runs/v3_256 \\
+        --init imagenet=../shared/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5
+    python tools/train.py --data mine=/path/to/my_dataset --config configs/v3_stage2_640.yaml \\
+        --model-dir runs/mine --init runs/v3_640/best
 
 Each --data is NAME=FOLDER (one sub-folder per class, NAME.png beside NAME_mask.png);
 its split is data/NAME_split.csv, made (stratified by class, grouped by patient when

@@ -271,9 +271,10 @@ def test_a_signal_stops_the_run_promptly_and_saves_what_finished(tmp_path, stop,
     for letter in "abcdef":
         save(tmp_path / "in" / f"{letter}.png", gray_ramp())
     script = DRIVER.format(root=str(ROOT), tests=str(ROOT / "tests"))
+    # As from a terminal: a test run started in the background (nohup ... &) passes SIGINT on ignored.
     process = subprocess.Popen([sys.executable, "-c", script, "--input", str(tmp_path / "in"),
                                 "--output", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert process.stdout.readline().strip() == "busy"  # the model is on its third image
     started = time.monotonic()
     process.send_signal(stop)
@@ -475,6 +476,7 @@ def test_dicom_geometry_mismatch_is_an_error_row_with_both_numbers(tmp_path, mon
 
 
 def test_a_second_ctrl_c_during_the_last_save_does_not_cut_it_short(tmp_path, monkeypatch):
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the tests run in the background
     for name in ["a.png", "b.png", "c.png"]:
         save(tmp_path / "in" / name, gray_ramp())
     write_csv = batch.write_csv
@@ -488,7 +490,7 @@ def test_a_second_ctrl_c_during_the_last_save_does_not_cut_it_short(tmp_path, mo
         run(monkeypatch, tmp_path / "in", tmp_path / "out", detector=fake_detector(interrupt_on_call=3))
     assert table_names(tmp_path / "out") == ["a.png", "b.png"]
     assert len(files.read_csv(tmp_path / "out" / "predictions.csv")) == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handlers put back
 
 
 def test_label_map_or_model_info_that_is_a_pipe_is_one_line_not_a_hang(tmp_path, capsys):

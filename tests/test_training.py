@@ -304,3 +304,35 @@ def test_stored_threshold_never_rounds_up_past_the_chosen_box(chosen, stored):
 
     assert stored_threshold(chosen) == pytest.approx(stored)
     assert stored_threshold(chosen) <= chosen
+
+
+@pytest.mark.slow
+def test_sigterm_stops_training_between_steps_not_at_the_end_of_a_loop(tmp_path):
+    """tools/train.py promises exit 143 on SIGTERM. With the steps of a loop inside one TensorFlow
+    while loop, Python's handler ran only when the loop ended: a 100000-step loop would never stop."""
+    import signal
+    import time
+
+    from busdet.phantoms import write_phantom_dataset
+
+    write_phantom_dataset(tmp_path / "ph", 4)
+    (tmp_path / "splits").mkdir()
+    horizon = 100000
+    override = (f"trainer: {{train_steps: {horizon}, steps_per_loop: {horizon}, summary_interval: {horizon}, "
+                f"checkpoint_interval: {horizon}, validation_interval: {horizon}}}")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "tools" / "train.py"), "--data", f"ph={tmp_path / 'ph'}",
+         "--config", str(SMOKE_CONFIG), "--model-dir", str(tmp_path / "run"), "--splits", str(tmp_path / "splits"),
+         "--records", str(tmp_path / "records"), "--params-override", override],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    try:
+        for line in process.stderr:  # the training loop has started
+            if f"training until step {horizon}" in line:
+                break
+        time.sleep(30)  # past tracing, inside the loop
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err[-2000:]

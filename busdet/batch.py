@@ -363,11 +363,12 @@ def draw_and_write(scan: Scan, result: ImageResult, plan: BatchPlan, relative: P
       WriteError: naming the output that failed (:func:`write_failed` turns it into the row's error).
       DicomOutError: the DICOM results cannot be made for this input.
     """
-    with writing("annotated copy", plan.output_path(relative)):
-        write_image(plan.output_path(relative), annotated_image(result, scan), overwrite=plan.overwrite)
+    copy, video = plan.output_path(relative), plan.video_path(relative)
+    with writing("annotated copy", copy):
+        write_image(copy, annotated_image(result, scan), overwrite=plan.overwrite)
     if result.frames:
-        with writing("annotated MP4", plan.video_path(relative)):
-            write_video(plan.video_path(relative), annotated_frames(result, scan), overwrite=plan.overwrite)
+        with writing("annotated MP4", video):
+            write_video(video, annotated_frames(result, scan), overwrite=plan.overwrite)
     if plan.dicom_paths(relative):
         write_dicom_results(result, scan, read_source(plan.input_dir / relative), model_info or {},
                             plan.dicom_out / relative, overwrite=plan.overwrite)
@@ -456,10 +457,11 @@ def write_failed(result: ImageResult, error: BaseException) -> ImageResult:
     return result.failed(reason, keep_result=True)
 
 
-def _logged(result: ImageResult, path: Path) -> ImageResult:
-    """``result``, after one warning line naming the file (the input) and the reason if it failed."""
+def log_failure(result: ImageResult, plan: BatchPlan) -> ImageResult:
+    """``result``, after one warning line naming its input file and the reason if it failed
+    (both engines, in the process that runs the batch)."""
     if not result.ok:
-        log.warning("%s: %s", printable(path), result.error)
+        log.warning("%s: %s", printable(plan.input_dir / result.filename), result.error)
     return result
 
 
@@ -469,8 +471,7 @@ def start_records(plan: BatchPlan) -> Dict[int, ImageResult]:
     for relative in plan.skipped:
         path = plan.input_dir / relative
         log.warning("%s: passed over: %s", printable(path), skip_reason(path, plan.output_dir, plan.input_dir))
-    refused = {index: _logged(ImageResult(plan.images[index].as_posix(), error=reason),
-                              plan.input_dir / plan.images[index])
+    refused = {index: log_failure(ImageResult(plan.images[index].as_posix(), error=reason), plan)
                for index, reason in plan.refused.items()}
     return {**plan.done, **refused}
 
@@ -482,7 +483,7 @@ def _collect_write(result: ImageResult, write: Future, plan: BatchPlan) -> Optio
     error = write.exception()
     if error is None:
         return result
-    return _logged(write_failed(result, error), plan.input_dir / result.filename)
+    return log_failure(write_failed(result, error), plan)
 
 
 def _identity(items):
@@ -524,7 +525,7 @@ def run_batch(detector: Detector, plan: BatchPlan, score_threshold: float,
             result, scan = analyse_image(detector, relative.as_posix(), reads.pop(index).result, score_threshold,
                                          frames)
             if scan is None:
-                done[index] = _logged(result, plan.input_dir / relative)
+                done[index] = log_failure(result, plan)
             else:
                 writes[index] = (result, pool.submit(draw_and_write, scan, result, plan, relative,
                                                           detector.info))

@@ -40,12 +40,10 @@ import ray  # noqa: E402
 
 from busdet import batch  # noqa: E402
 from busdet.cli import Terminated, signals_deferred  # noqa: E402
-from busdet.files import printable  # noqa: E402
 from busdet.scans import read_scan  # noqa: E402
 from busdet.inference import Detector  # noqa: E402
 from busdet.results import FrameChoice, ImageResult, analyse_image  # noqa: E402
 
-log = logging.getLogger(__name__)
 
 # Environment of every Ray worker: no usage statistics, no TensorFlow start-up chatter.
 WORKER_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -155,7 +153,7 @@ def _run(load, plan: batch.BatchPlan, score_threshold: float, progress, frames: 
     try:
         records = _annotate_all(load, plan, score_threshold, frames)
         for index, result in progress(records, total=len(plan.todo)):
-            done[index] = _logged(result, plan)
+            done[index] = batch.log_failure(result, plan)  # here, not on a worker
             if time.perf_counter() - last_save >= save_every:
                 written, saved = time.perf_counter(), True
                 batch.write_tables(batch.result_so_far(plan, done, start), replace=True)
@@ -199,11 +197,4 @@ def _annotate_all(load, plan: batch.BatchPlan, score_threshold: float, frames: F
                                                            images=[], skipped=[], done={}, refused={})})
     for row in annotated.iter_rows():
         yield int(row["index"]), pickle.loads(row["record"])
-
-
-def _logged(result: ImageResult, plan: batch.BatchPlan) -> ImageResult:
-    """One warning line naming the file (the input) and the reason for a failed image, here (not on a worker)."""
-    if not result.ok:
-        log.warning("%s: %s", printable(plan.input_dir / result.filename), result.error)
-    return result
 
